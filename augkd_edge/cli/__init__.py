@@ -1,0 +1,59 @@
+"""The ``augkd-edge`` command line: thin click commands over the library.
+
+Each subcommand lives in its own module of this package and only parses,
+validates and calls. User mistakes (``UserError``) become one line on stderr and
+exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from augkd_edge import __version__
+from augkd_edge.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns UserError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"augkd-edge: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="augkd-edge")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for user errors too.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """augkd-edge: distill a small student from a teacher trained on another domain
+    (AuG-KD, ICLR 2024), export it to ONNX / TensorRT and measure its latency."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    # Each command module is optional while the product grows; all ship together.
+    import importlib
+
+    for name in ("teacher", "distill", "export", "bench"):
+        try:
+            module = importlib.import_module(f"augkd_edge.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"augkd_edge.cli.{name}":
+                continue
+            raise
+        main.add_command(module.command)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

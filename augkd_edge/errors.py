@@ -1,0 +1,12 @@
+"""User-facing errors.
+
+A ``UserError`` is a mistake the user can fix (a bad path, a corrupt file, an
+impossible option). The CLI turns it into one line on stderr and exit code 2,
+without a traceback (``--debug`` shows it). Bugs stay ordinary exceptions.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message names the file and the fix."""
+
+    exit_code = 2

@@ -1,0 +1,1 @@
+"""Models: torchvision classifiers, safe loading, and the AuG-KD generative parts."""

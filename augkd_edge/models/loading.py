@@ -1,0 +1,190 @@
+"""The augkd-edge model file, and safe loading of users' teachers.
+
+Model file (``*.pt``): one ``torch.save`` of a plain dict, loadable with
+``weights_only=True``::
+
+    {"format": "augkd-edge/model", "version": 1,
+     "arch": "mobilenet_v3_small", "num_classes": 10, "class_names": [...],
+     "input_size": 32, "mean": [r, g, b], "std": [r, g, b],
+     "state_dict": {...}, "extra": {...plain data...}}
+
+It carries what a deployer needs besides the weights: the input size and the
+normalisation the model was trained with, and the class names. Teachers from
+strangers may be a plain state_dict for a named torchvision architecture, a
+TorchScript archive, or a ``torch.export`` archive (for architectures we do not
+know); anything that needs unpickling of arbitrary objects is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from augkd_edge.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+MODEL_FORMAT = "augkd-edge/model"
+MODEL_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass
+class ModelMeta:
+    """What a model file says about its model besides the weights."""
+
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    input_size: int = 32
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def save_model_file(path: str | Path, model: "nn.Module", meta: ModelMeta) -> Path:
+    """Write a model file atomically (see module docstring for the format)."""
+    from augkd_edge.checkpoint import save_atomic
+
+    record = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "arch": meta.arch,
+        "num_classes": int(meta.num_classes),
+        "class_names": list(meta.class_names),
+        "input_size": int(meta.input_size),
+        "mean": [float(v) for v in meta.mean],
+        "std": [float(v) for v in meta.std],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(meta.extra),
+    }
+    return save_atomic(record, path)
+
+
+def is_model_record(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT
+
+
+def meta_from_record(record: dict, path: str | Path = "<record>") -> ModelMeta:
+    version = record.get("version")
+    if not isinstance(version, int) or version > MODEL_VERSION:
+        raise UserError(
+            f"{path}: model file version {version!r} is newer than this augkd-edge understands "
+            f"(<= {MODEL_VERSION}); upgrade augkd-edge."
+        )
+    try:
+        return ModelMeta(
+            arch=str(record["arch"]),
+            num_classes=int(record["num_classes"]),
+            class_names=[str(c) for c in record["class_names"]],
+            input_size=int(record["input_size"]),
+            mean=tuple(float(v) for v in record["mean"]),
+            std=tuple(float(v) for v in record["std"]),
+            extra=dict(record.get("extra", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: model file is missing or has a bad field: {exc}") from exc
+
+
+def load_state_into(model: "nn.Module", state: dict, path: str | Path, what: str) -> None:
+    """``load_state_dict`` with a user-facing message when shapes or keys do not fit."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).splitlines()
+        detail = "; ".join(line.strip() for line in first[:3])
+        raise UserError(
+            f"{path}: weights do not fit {what} (another architecture or class count?): {detail}"
+        ) from exc
+
+
+def load_model_file(path: str | Path) -> tuple["nn.Module", ModelMeta]:
+    """Load an augkd-edge model file into a fresh model, in eval mode."""
+    from augkd_edge.checkpoint import load_safe
+    from augkd_edge.models.zoo import build_classifier
+
+    record = load_safe(path)
+    if not is_model_record(record):
+        raise UserError(
+            f"{path}: not an augkd-edge model file (no 'format': '{MODEL_FORMAT}' entry); "
+            f"give a run folder, its student.pt, or a file written by augkd-edge."
+        )
+    meta = meta_from_record(record, path)
+    model = build_classifier(meta.arch, meta.num_classes)
+    load_state_into(model, record["state_dict"], path, f"{meta.arch} with {meta.num_classes} classes")
+    model.eval()
+    return model, meta
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_teacher(path: str | Path, arch: str | None, num_classes: int) -> "nn.Module":
+    """Load a teacher the user gives, without running code from the file.
+
+    Accepted: an augkd-edge model file; a state_dict for ``arch`` (torchvision
+    name); a ``torch.export`` archive (``.pt2``); a TorchScript archive. The
+    returned module is in eval mode with ``num_classes`` outputs (checked).
+    """
+    import torch
+
+    from augkd_edge.checkpoint import load_safe
+    from augkd_edge.models.zoo import build_classifier
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: teacher file not found; check --teacher.")
+    if path.suffix == ".pt2":
+        try:
+            model = torch.export.load(str(path)).module()
+        except Exception as exc:  # torch.export raises many types for bad archives
+            raise UserError(f"{path}: not a loadable torch.export archive: {exc}") from exc
+    elif _is_torchscript(path):
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise UserError(f"{path}: not a loadable TorchScript archive: {exc}") from exc
+    else:
+        obj = load_safe(path)
+        if is_model_record(obj):
+            model, meta = load_model_file(path)
+            if meta.num_classes != num_classes:
+                raise UserError(
+                    f"{path}: teacher has {meta.num_classes} classes but the data has {num_classes}."
+                )
+            return model
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise UserError(f"{path}: expected a state_dict (a dict of tensors) for the teacher.")
+        if arch is None:
+            raise UserError(f"{path}: a state_dict needs --teacher-arch NAME (a torchvision model name).")
+        model = build_classifier(arch, num_classes)
+        load_state_into(model, obj, path, f"{arch} with {num_classes} classes")
+    model.eval()
+    _check_outputs(model, num_classes, path)
+    return model
+
+
+def _check_outputs(model: "nn.Module", num_classes: int, path: Path) -> None:
+    import torch
+
+    with torch.no_grad():
+        try:
+            out = model(torch.zeros(2, 3, 32, 32))
+        except Exception as exc:
+            raise UserError(f"{path}: the teacher fails on a 2x3x32x32 input: {exc}") from exc
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise UserError(
+            f"{path}: the teacher outputs shape {tuple(out.shape)}, expected (batch, {num_classes})."
+        )
