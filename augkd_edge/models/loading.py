@@ -146,7 +146,7 @@ def load_teacher(path: str | Path, arch: str | None, num_classes: int) -> "nn.Mo
         raise UserError(f"{path}: teacher file not found; check --teacher.")
     if path.suffix == ".pt2":
         try:
-            model = torch.export.load(str(path)).module()
+            model = _ExportedModule(torch.export.load(str(path)).module())
         except Exception as exc:  # torch.export raises many types for bad archives
             raise UserError(f"{path}: not a loadable torch.export archive: {exc}") from exc
     elif _is_torchscript(path):
@@ -174,6 +174,35 @@ def load_teacher(path: str | Path, arch: str | None, num_classes: int) -> "nn.Mo
     model.eval()
     _check_outputs(model, num_classes, path)
     return model
+
+
+def _exported_module_type() -> type:
+    from torch import nn
+
+    class ExportedModule(nn.Module):
+        """A ``torch.export`` program as a teacher.
+
+        Exported graphs are frozen in the mode they were exported in and refuse
+        ``.eval()``/``.train()``; the training stack toggles modes on every model,
+        so this wrapper records the mode without passing it down.
+        """
+
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def train(self, mode: bool = True) -> "ExportedModule":
+            self.training = mode
+            return self
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.inner(x)
+
+    return ExportedModule
+
+
+def _ExportedModule(inner: "nn.Module") -> "nn.Module":
+    return _exported_module_type()(inner)
 
 
 def _check_outputs(model: "nn.Module", num_classes: int, path: Path) -> None:
