@@ -1,0 +1,53 @@
+"""Train-time augmentation and normalisation on whole batches.
+
+The paper's recipe for 32x32 inputs: random crop with 4 pixels of zero padding,
+plus a random horizontal flip for natural images. Digits get no flip (a
+mirrored 2 or 7 is not a 2 or 7). Everything works on a batch tensor on
+whatever device it lives on, with no Python loop per image, because the
+data-free and mixup stages augment every step and a per-image loop would
+dominate a CPU run. Apply :func:`augment` to images in [0, 1] before
+:func:`normalize`, so the padding is black as with torchvision's ``RandomCrop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("digits", "natural")
+PADDING = 4
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` for ``[B, C, H, W]`` (the deployed model's input contract)."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (zero padding 4) for every kind, plus horizontal flip for ``"natural"``.
+
+    Each image gets its own shift (and flip) as one gather: the output pixel
+    (i, j) of image b reads padded pixel (i + dy[b], j' + dx[b]), with
+    j' = W - 1 - j when b is flipped. Random numbers are drawn from
+    ``generator`` (on its own device) so a seeded generator repeats a batch
+    exactly, then moved to ``x``'s device.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    b, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    shifts = torch.randint(0, 2 * PADDING + 1, (2, b), generator=generator, device=gen_device).to(x.device)
+    rows = shifts[0, :, None] + torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if kind == "natural":
+        flip = torch.rand(b, generator=generator, device=gen_device).to(x.device) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    cols = cols + shifts[1, :, None]
+    padded = F.pad(x, (PADDING, PADDING, PADDING, PADDING))
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,147 @@
+"""Domains: labelled images with a class list, named by a spec string.
+
+Specs (the CLI's ``--data`` / ``--student-data`` values):
+
+- ``digits:mnist``, ``digits:mnist-full``, ``digits:optdigits``: built-in
+  digits read from installed packages (:mod:`augkd_edge.data.digits`);
+- a folder path in ImageFolder layout (:mod:`augkd_edge.data.folder`);
+- ``A+B``: the union of several specs with exactly the same classes (the
+  paper's teacher domain is e.g. ``amazon+webcam``). A path that exists is
+  always read as one folder, even if its name contains ``+``.
+
+Loaded domains are cached per process, keyed by (spec, input size, bad-file
+policy) and, for folders, the names, sizes and modification times of their
+files, so a pipeline that loads the same domain in several stages decodes it
+once and a changed folder is read again. The tensors of a cached domain are
+shared: treat them as read-only (digits images are an ``expand`` view and
+refuse in-place writes; index or ``.clone()`` first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from augkd_edge.errors import UserError
+
+KIND_DIGITS = "digits"
+KIND_NATURAL = "natural"
+
+
+@dataclasses.dataclass
+class Domain:
+    """One domain's images in memory, already preprocessed to the model's input size."""
+
+    name: str
+    images: torch.Tensor  # float32 [N, 3, S, S] in [0, 1]
+    labels: torch.Tensor  # int64 [N], indexes ``classes``
+    classes: list[str]
+    kind: str  # "digits" (no horizontal flip) or "natural" (flip allowed)
+    files: list[str] | None  # source file per image for folders; None for built-in data
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_domain(spec: str, input_size: int = 32, *, on_bad_file: str = "skip") -> Domain:
+    """Load the domain a spec names (see module docstring); UserError on any user mistake."""
+    spec = spec.strip()
+    if not spec:
+        raise UserError("empty domain spec; give e.g. digits:mnist or a folder path.")
+    if input_size < 8:
+        raise UserError(f"input size {input_size} is too small; use 8 or more (the paper uses 32).")
+    parts = [p.strip() for p in spec.split("+")]
+    if len(parts) > 1 and not Path(spec).expanduser().exists():
+        return _union(spec, [load_domain(p, input_size, on_bad_file=on_bad_file) for p in parts])
+    return dataclasses.replace(_load_cached(spec, input_size, on_bad_file, _fingerprint(spec)))
+
+
+def _fingerprint(spec: str) -> tuple:
+    """What must not change for a cached folder domain to stay valid (empty for built-ins)."""
+    from augkd_edge.data.digits import PREFIX
+
+    if spec.startswith(PREFIX):
+        return ()
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        return ()
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            try:
+                stat = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            entries.append((folder, name, stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(spec: str, input_size: int, on_bad_file: str, fingerprint: tuple) -> Domain:
+    from augkd_edge.data.digits import DIGIT_CLASSES, PREFIX, load_digits_source
+    from augkd_edge.data.folder import load_image_folder
+
+    if spec.startswith(PREFIX):
+        images, labels = load_digits_source(spec, input_size)
+        return Domain(spec, images, labels, list(DIGIT_CLASSES), KIND_DIGITS, None)
+    images, labels, classes, files = load_image_folder(Path(spec).expanduser(), input_size, on_bad_file)
+    return Domain(spec, images, labels, classes, KIND_NATURAL, files)
+
+
+def class_differences(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
+    """Classes only in ``a`` and only in ``b`` (sorted)."""
+    return sorted(set(a) - set(b)), sorted(set(b) - set(a))
+
+
+def _difference_text(a_name: str, a: list[str], b_name: str, b: list[str]) -> str:
+    only_a, only_b = class_differences(a, b)
+    if not only_a and not only_b:
+        return f"same classes in a different order ({a_name}: {a}; {b_name}: {b})"
+    return f"only in {a_name}: {only_a or 'none'}; only in {b_name}: {only_b or 'none'}"
+
+
+def _union(spec: str, domains: list[Domain]) -> Domain:
+    """Concatenate domains with identical class lists; UserError naming the differences otherwise."""
+    first = domains[0]
+    for other in domains[1:]:
+        if other.classes != first.classes:
+            raise UserError(
+                f"cannot join '{first.name}' and '{other.name}' in '{spec}': their classes differ "
+                f"({_difference_text(first.name, first.classes, other.name, other.classes)}); "
+                f"make the class folders match."
+            )
+        if other.kind != first.kind:
+            raise UserError(
+                f"cannot join '{first.name}' ({first.kind}) and '{other.name}' ({other.kind}) in '{spec}': "
+                f"built-in digits and image folders are preprocessed differently; join like with like."
+            )
+    files = None
+    if any(d.files is not None for d in domains):
+        files = [f for d in domains for f in (d.files or [f"{d.name}#{i}" for i in range(len(d))])]
+    return Domain(
+        name=spec,
+        images=torch.cat([d.images for d in domains]),
+        labels=torch.cat([d.labels for d in domains]),
+        classes=list(first.classes),
+        kind=first.kind,
+        files=files,
+    )
+
+
+def check_same_classes(teacher: Domain, student: Domain) -> None:
+    """Refuse a teacher/student pair whose labels would mean different classes.
+
+    AuG-KD transfers the teacher's class scores to the student label by label,
+    so the class lists must be equal, in the same order.
+    """
+    if teacher.classes != student.classes:
+        raise UserError(
+            f"the teacher domain '{teacher.name}' and the student domain '{student.name}' have different "
+            f"classes ({_difference_text('the teacher domain', teacher.classes, 'the student domain', student.classes)}); "
+            f"both need the same class folders."
+        )
