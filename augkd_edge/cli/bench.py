@@ -182,7 +182,8 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
         raise UserError("--iters and --seconds exclude each other; give one.")
     if cuda_graphs and device != "cuda":
         raise UserError("--cuda-graphs needs --device cuda.")
-    budget = latency.Budget(warmup=warmup, iters=None if seconds else (iters or 100), seconds=seconds)
+    budget = latency.Budget(warmup=warmup, seconds=seconds,
+                            iters=None if seconds is not None else (100 if iters is None else iters))
     batch_list = _int_list(batches, "--batch")
     if threads is not None:
         import torch

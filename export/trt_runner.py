@@ -1,0 +1,466 @@
+"""Torch-free TensorRT latency benchmark, for Jetson boards and other machines without PyTorch.
+
+JetPack images ship TensorRT and often no matching torch, so this runner needs
+only ``tensorrt``, ``numpy`` and a CUDA Python binding: pycuda (what JetPack
+users usually have) or NVIDIA's ``cuda-python`` when pycuda is absent. It uses
+the same measurement loop, statistics and report schema as
+``augkd-edge bench`` (``latency.py``, ``bench_report.py``, ``envinfo.py``), so a
+board's report goes straight into ``augkd-edge bench compare``.
+
+Run inside the installed package::
+
+    python -m augkd_edge.export.trt_runner student.engine --batch 1,8 --out report-orin
+
+or copy this file with ``latency.py``, ``bench_report.py`` and ``envinfo.py``
+into one folder on the board and run ``python3 trt_runner.py ...`` there
+(docs/jetson.md).
+
+Layers: the :class:`Cuda` binding (buffers, streams, events, memory info) and
+:class:`EngineRunner` (a TensorRT 10 engine behind the runner interface of
+``runtimes.py``) are the only code touching the GPU; :func:`main` sees them
+through :class:`Engine`, so argument handling and the report are tested with a
+fake engine on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+if __package__:
+    from . import bench_report, envinfo, latency
+else:  # loose copy on a board: the sibling files sit next to this one (sys.path[0])
+    import bench_report  # type: ignore[no-redef]
+    import envinfo  # type: ignore[no-redef]
+    import latency  # type: ignore[no-redef]
+
+TOOL = "trt_runner"
+TOOL_VERSION = "1"
+
+
+class Cuda(Protocol):
+    """The CUDA calls the runner needs; pycuda and cuda-python each implement it."""
+
+    name: str
+
+    def malloc(self, nbytes: int) -> int: ...
+    def free(self, ptr: int) -> None: ...
+    def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None: ...
+    def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None: ...
+    def stream(self) -> Any: ...
+    def stream_handle(self, stream: Any) -> int: ...
+    def synchronize(self, stream: Any) -> None: ...
+    def event(self) -> Any: ...
+    def record(self, event: Any, stream: Any) -> None: ...
+    def elapsed_ms(self, start: Any, end: Any) -> float: ...
+    def mem_get_info(self) -> tuple[int, int]: ...
+    def device_info(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class PyCuda:
+    """pycuda, on the device's primary context (the one TensorRT's runtime calls use)."""
+
+    name = "pycuda"
+
+    def __init__(self, device: int = 0) -> None:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        self._cuda = cuda
+        self._device = cuda.Device(device)
+        self._context = self._device.retain_primary_context()
+        self._context.push()
+        self._allocations: dict[int, Any] = {}
+
+    def malloc(self, nbytes: int) -> int:
+        allocation = self._cuda.mem_alloc(max(int(nbytes), 1))
+        self._allocations[int(allocation)] = allocation
+        return int(allocation)
+
+    def free(self, ptr: int) -> None:
+        self._allocations.pop(ptr).free()
+
+    def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None:
+        self._cuda.memcpy_htod_async(ptr, host, stream)
+
+    def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None:
+        self._cuda.memcpy_dtoh_async(host, ptr, stream)
+
+    def stream(self) -> Any:
+        return self._cuda.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def event(self) -> Any:
+        return self._cuda.Event()
+
+    def record(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        end.synchronize()
+        return float(start.time_till(end))
+
+    def mem_get_info(self) -> tuple[int, int]:
+        free, total = self._cuda.mem_get_info()
+        return int(free), int(total)
+
+    def device_info(self) -> dict[str, Any]:
+        major, minor = self._device.compute_capability()
+        driver = self._cuda.get_driver_version()
+        return {"name": self._device.name(), "driver": f"CUDA {driver // 1000}.{driver % 1000 // 10}",
+                "compute_capability": f"{major}.{minor}",
+                "memory_total_mb": self._device.total_memory() / 2**20}
+
+    def close(self) -> None:
+        for allocation in self._allocations.values():
+            allocation.free()
+        self._allocations.clear()
+        self._context.pop()
+        self._context.detach()
+
+
+class CudaPython:
+    """NVIDIA's cuda-python runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+
+    name = "cuda-python"
+
+    def __init__(self, device: int = 0) -> None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart  # type: ignore[no-redef]
+        self._rt = cudart
+        self._device = device
+        self._call(cudart.cudaSetDevice(device))
+
+    def _call(self, result: Any) -> Any:
+        """cuda-python returns (error, values...); raise on error, return the values."""
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if err != self._rt.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"CUDA error {err}")
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._call(self._rt.cudaMalloc(max(int(nbytes), 1))))
+
+    def free(self, ptr: int) -> None:
+        self._call(self._rt.cudaFree(ptr))
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> None:
+        self._call(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream))
+
+    def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None:
+        self._copy(ptr, host.ctypes.data, host.nbytes, self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+
+    def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None:
+        self._copy(host.ctypes.data, ptr, host.nbytes, self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+
+    def stream(self) -> Any:
+        return self._call(self._rt.cudaStreamCreate())
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def synchronize(self, stream: Any) -> None:
+        self._call(self._rt.cudaStreamSynchronize(stream))
+
+    def event(self) -> Any:
+        return self._call(self._rt.cudaEventCreate())
+
+    def record(self, event: Any, stream: Any) -> None:
+        self._call(self._rt.cudaEventRecord(event, stream))
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        self._call(self._rt.cudaEventSynchronize(end))
+        return float(self._call(self._rt.cudaEventElapsedTime(start, end)))
+
+    def mem_get_info(self) -> tuple[int, int]:
+        free, total = self._call(self._rt.cudaMemGetInfo())
+        return int(free), int(total)
+
+    def device_info(self) -> dict[str, Any]:
+        props = self._call(self._rt.cudaGetDeviceProperties(self._device))
+        driver = int(self._call(self._rt.cudaDriverGetVersion()))
+        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+        return {"name": name.rstrip("\x00"), "driver": f"CUDA {driver // 1000}.{driver % 1000 // 10}",
+                "compute_capability": f"{props.major}.{props.minor}",
+                "memory_total_mb": props.totalGlobalMem / 2**20}
+
+    def close(self) -> None:
+        pass
+
+
+BINDINGS: dict[str, Callable[[], Cuda]] = {"pycuda": PyCuda, "cuda-python": CudaPython}
+
+
+def load_binding(choice: str = "auto") -> Cuda:
+    """pycuda when importable (JetPack's usual), else cuda-python; or the one asked for."""
+    order = list(BINDINGS) if choice == "auto" else [choice]
+    errors = []
+    for name in order:
+        try:
+            return BINDINGS[name]()
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise SystemExit(
+        "trt_runner: no CUDA Python binding is importable (" + "; ".join(errors) + "). "
+        "Install one: `pip install pycuda` (JetPack: `sudo apt install python3-pycuda`) or "
+        "`pip install cuda-python`."
+    )
+
+
+class Engine(Protocol):
+    """What :func:`main` needs from an opened engine (runner interface plus its clocks and
+    the facts that go into the report)."""
+
+    name: str
+    device: str
+    precision: str
+    input_size: int
+
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+    def prepare(self, x: np.ndarray) -> None: ...
+    def run(self) -> None: ...
+    def close(self) -> None: ...
+    def clock(self, timing: str) -> latency.Clock: ...
+    def memory(self) -> latency.DeviceMemory | None: ...
+    def device_info(self) -> dict[str, Any]: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+class _EventClock:
+    """CUDA events around the engine's enqueue only: GPU time, without host launch/sync overhead."""
+
+    name = "cuda-events"
+
+    def __init__(self, runner: "EngineRunner") -> None:
+        self._runner = runner
+        self._start, self._end = runner.cuda.event(), runner.cuda.event()
+
+    def time_ms(self, fn: Callable[[], None]) -> float:
+        # ``fn`` is the runner's synchronising run(); the event pair brackets its enqueue instead.
+        cuda, stream = self._runner.cuda, self._runner.stream
+        cuda.record(self._start, stream)
+        self._runner.enqueue()
+        cuda.record(self._end, stream)
+        return cuda.elapsed_ms(self._start, self._end)
+
+
+class _CudaMemoryInUse:
+    """Device memory in use after a cell (cudaMemGetInfo: device-wide, other processes included;
+    on Jetson the GPU shares system memory, so this is system memory in use)."""
+
+    name = "cuda-mem-in-use"
+
+    def __init__(self, cuda: Cuda) -> None:
+        self._cuda = cuda
+
+    def reset(self) -> None:
+        pass
+
+    def peak_mb(self) -> float | None:
+        free, total = self._cuda.mem_get_info()
+        return (total - free) / 2**20
+
+
+def engine_metadata(engine_path: Path) -> dict[str, Any]:
+    """``student.engine.json`` next to the engine (the convention of runtimes.engine_metadata_path)."""
+    meta = engine_path.with_name(engine_path.name + ".json")
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+class EngineRunner:
+    """A serialized TensorRT 10 engine with one input and one output, on device buffers of :class:`Cuda`.
+
+    Dynamic batch is set per ``prepare`` within the engine's optimisation
+    profile; buffers are reallocated only when a batch needs more room.
+    """
+
+    name = "trt"
+    device = "cuda"
+
+    def __init__(self, engine_path: str | Path, cuda: Cuda, precision: str | None = None) -> None:
+        import tensorrt as trt
+
+        self.path = Path(engine_path)
+        self.cuda = cuda
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise SystemExit(f"trt_runner: {self.path}: TensorRT {trt.__version__} cannot deserialize this "
+                             f"engine (built with another TensorRT version or for another GPU?); rebuild it here.")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise SystemExit(f"trt_runner: {self.path}: expected one input and one output, got {inputs} -> {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_size = int(self.engine.get_tensor_shape(self.input_name)[-1])
+        self.precision = precision or str(engine_metadata(self.path).get("precision", "unknown"))
+        self._in_dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
+        self._out_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output_name))
+        self.stream = cuda.stream()
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity in bytes)
+        self._host_out: np.ndarray | None = None
+        self._prepared = False
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, capacity = self._buffers.get(name, (0, 0))
+        if nbytes > capacity:
+            if ptr:
+                self.cuda.free(ptr)
+            ptr, capacity = self.cuda.malloc(nbytes), nbytes
+            self._buffers[name] = (ptr, capacity)
+        return ptr
+
+    def prepare(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=self._in_dtype)
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise ValueError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile "
+                             f"{tuple(self.engine.get_tensor_profile_shape(self.input_name, 0))}")
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        self._host_out = np.empty(out_shape, dtype=self._out_dtype)
+        in_ptr = self._buffer(self.input_name, x.nbytes)
+        out_ptr = self._buffer(self.output_name, self._host_out.nbytes)
+        self.context.set_tensor_address(self.input_name, in_ptr)
+        self.context.set_tensor_address(self.output_name, out_ptr)
+        self.cuda.htod(in_ptr, x, self.stream)
+        self.cuda.synchronize(self.stream)
+        self._staged = x  # the async copy reads it; keep it alive
+        self._prepared = True
+
+    def enqueue(self) -> None:
+        if not self._prepared:
+            raise RuntimeError("EngineRunner.run() called before prepare(x)")
+        if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
+            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+
+    def run(self) -> None:
+        self.enqueue()
+        self.cuda.synchronize(self.stream)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.prepare(x)
+        self.enqueue()
+        assert self._host_out is not None
+        self.cuda.dtoh(self._host_out, self._buffers[self.output_name][0], self.stream)
+        self.cuda.synchronize(self.stream)
+        return self._host_out.astype(np.float32)
+
+    def clock(self, timing: str) -> latency.Clock:
+        return _EventClock(self) if timing == "events" else latency.HostClock()
+
+    def memory(self) -> latency.DeviceMemory | None:
+        return _CudaMemoryInUse(self.cuda)
+
+    def device_info(self) -> dict[str, Any]:
+        return self.cuda.device_info()
+
+    def info(self) -> dict[str, Any]:
+        size = getattr(self.engine, "device_memory_size_v2", None) or getattr(self.engine, "device_memory_size", 0)
+        profile = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        return {"cuda_binding": self.cuda.name, "engine_activation_mb": size / 2**20,
+                "profile": [list(map(int, s)) for s in profile]}
+
+    def close(self) -> None:
+        for ptr, _ in self._buffers.values():
+            self.cuda.free(ptr)
+        self._buffers.clear()
+        self.context = self.engine = None
+        self.cuda.close()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (argparse: the board may not have click)."""
+    p = argparse.ArgumentParser(
+        prog="trt_runner",
+        description="Measure a TensorRT engine's latency without PyTorch; writes report.json/.md/.html "
+                    "in the augkd-edge bench schema.")
+    p.add_argument("engine", type=Path, help="serialized TensorRT engine (.engine / .plan)")
+    p.add_argument("--batch", default="1,8,32", help="batch sizes, comma list (default 1,8,32)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations per batch (default 10)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=int, default=None, help="timed iterations per batch (default 100)")
+    budget.add_argument("--seconds", type=float, default=None, help="time budget per batch instead of --iters")
+    p.add_argument("--timing", choices=("sync", "events"), default="sync",
+                   help="sync: host clock around enqueue+synchronise, comparable with augkd-edge bench "
+                        "(default); events: CUDA events around the enqueue (GPU time only)")
+    p.add_argument("--binding", choices=("auto", *BINDINGS), default="auto",
+                   help="CUDA Python binding (default: pycuda if importable, else cuda-python)")
+    p.add_argument("--precision", default=None,
+                   help="precision label for the report when the engine has no ENGINE.json metadata")
+    p.add_argument("--eval-npz", type=Path, default=None,
+                   help="also report top-1 on a labelled split: .npz with 'images' (float32 NCHW in [0,1]) "
+                        "and 'labels' (int)")
+    p.add_argument("--label", default=None, help="machine label stored in the report (no hostname is recorded)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    args = p.parse_args(argv)
+    try:
+        args.batches = sorted({int(b) for b in args.batch.split(",") if b.strip()})
+        if not args.batches or min(args.batches) < 1:
+            raise ValueError
+    except ValueError:
+        p.error(f"--batch {args.batch!r}: give comma-separated integers >= 1, such as 1,8,32")
+    try:
+        args.budget = latency.Budget(warmup=args.warmup, seconds=args.seconds,
+                                     iters=None if args.seconds is not None else (100 if args.iters is None else args.iters))
+    except ValueError as exc:
+        p.error(str(exc))
+    if not args.engine.is_file():
+        p.error(f"{args.engine}: no such engine file")
+    if args.eval_npz is not None and not args.eval_npz.is_file():
+        p.error(f"--eval-npz {args.eval_npz}: no such file")
+    return args
+
+
+def open_engine(args: argparse.Namespace) -> Engine:
+    """The real GPU path: TensorRT + a CUDA binding."""
+    return EngineRunner(args.engine, load_binding(args.binding), precision=args.precision)
+
+
+def load_eval(path: Path) -> latency.EvalSplit:
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data or "labels" not in data:
+            raise SystemExit(f"trt_runner: {path}: needs arrays 'images' and 'labels'")
+        return latency.EvalSplit(path.stem, data["images"].astype(np.float32), data["labels"].astype(np.int64))
+
+
+def main(argv: Sequence[str] | None = None, opener: Callable[[argparse.Namespace], Engine] = open_engine) -> int:
+    """Benchmark one engine over the batch sizes and write the report; returns the exit code."""
+    args = parse_args(argv)
+    engine = opener(args)
+    gpus = [engine.device_info()]
+    target = latency.Target(model=args.engine.name, backend="trt", device="cuda", precision=engine.precision,
+                            input_size=engine.input_size, open=lambda: engine, clock=engine.clock(args.timing),
+                            device_memory=engine.memory(), info=engine.info())
+    split = load_eval(args.eval_npz) if args.eval_npz else None
+    rows = latency.run_grid([target], args.batches, args.budget, eval_split=split,
+                            on_error=lambda msg: print(f"failed: {msg}", file=sys.stderr))
+    environment = envinfo.capture(label=args.label, gpus=gpus, threads={})
+    report = bench_report.build_report(rows, environment, args.budget.as_dict(), TOOL, TOOL_VERSION)
+    for path in bench_report.write_report(report, args.out):
+        print(f"wrote {path}")
+    for row in rows:
+        if "error" not in row:
+            lat = row["latency_ms"]
+            print(f"batch {row['batch']:>4}: median {lat['median']:.3f} ms  p99 {lat['p99']:.3f} ms  "
+                  f"{row['throughput_ips']:.1f} images/s")
+    return 0 if any("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
