@@ -39,8 +39,17 @@ else:  # loose copy on a board: the sibling files sit next to this one (sys.path
     import envinfo  # type: ignore[no-redef]
     import latency  # type: ignore[no-redef]
 
+try:  # inside the augkd_edge package, engine problems are ordinary user errors
+    from augkd_edge.errors import UserError as _UserFacing
+except ImportError:  # loose copy on a board
+    _UserFacing = RuntimeError  # type: ignore[assignment,misc]
+
 TOOL = "trt_runner"
 TOOL_VERSION = "1"
+
+
+class EngineError(_UserFacing):
+    """An engine or CUDA-binding problem the user fixes; the message names the file and the fix."""
 
 
 class Cuda(Protocol):
@@ -213,8 +222,8 @@ def load_binding(choice: str = "auto") -> Cuda:
             return BINDINGS[name]()
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
-    raise SystemExit(
-        "trt_runner: no CUDA Python binding is importable (" + "; ".join(errors) + "). "
+    raise EngineError(
+        "no CUDA Python binding is importable (" + "; ".join(errors) + "). "
         "Install one: `pip install pycuda` (JetPack: `sudo apt install python3-pycuda`) or "
         "`pip install cuda-python`."
     )
@@ -280,6 +289,22 @@ def engine_metadata(engine_path: Path) -> dict[str, Any]:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
+def load_engine(trt: Any, logger: Any, path: Path) -> tuple[Any, Any, Any, str, str]:
+    """Deserialize a one-input, one-output TensorRT 10 engine: (runtime, engine, context,
+    input name, output name). The runtime is returned because the engine must not outlive it."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise EngineError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine (built with "
+                          f"another TensorRT version or for another GPU?); rebuild it on this machine.")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise EngineError(f"{path}: expected one input and one output tensor, got {inputs} -> {outputs}.")
+    return runtime, engine, engine.create_execution_context(), inputs[0], outputs[0]
+
+
 class EngineRunner:
     """A serialized TensorRT 10 engine with one input and one output, on device buffers of :class:`Cuda`.
 
@@ -297,18 +322,8 @@ class EngineRunner:
         self.cuda = cuda
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise SystemExit(f"trt_runner: {self.path}: TensorRT {trt.__version__} cannot deserialize this "
-                             f"engine (built with another TensorRT version or for another GPU?); rebuild it here.")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise SystemExit(f"trt_runner: {self.path}: expected one input and one output, got {inputs} -> {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        self._runtime, self.engine, self.context, self.input_name, self.output_name = load_engine(
+            trt, self._logger, self.path)
         self.input_size = int(self.engine.get_tensor_shape(self.input_name)[-1])
         self.precision = precision or str(engine_metadata(self.path).get("precision", "unknown"))
         self._in_dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
@@ -429,25 +444,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def open_engine(args: argparse.Namespace) -> Engine:
     """The real GPU path: TensorRT + a CUDA binding."""
-    return EngineRunner(args.engine, load_binding(args.binding), precision=args.precision)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        raise EngineError(f"TensorRT's Python bindings are not importable ({exc}); on Jetson they come with "
+                          f"JetPack (python3-libnvinfer), elsewhere `pip install tensorrt`.") from exc
+    cuda = load_binding(args.binding)
+    try:
+        return EngineRunner(args.engine, cuda, precision=args.precision)
+    except BaseException:
+        cuda.close()
+        raise
 
 
 def load_eval(path: Path) -> latency.EvalSplit:
     with np.load(path, allow_pickle=False) as data:
         if "images" not in data or "labels" not in data:
-            raise SystemExit(f"trt_runner: {path}: needs arrays 'images' and 'labels'")
+            raise EngineError(f"{path}: needs arrays 'images' (float32 NCHW in [0, 1]) and 'labels'.")
         return latency.EvalSplit(path.stem, data["images"].astype(np.float32), data["labels"].astype(np.int64))
 
 
 def main(argv: Sequence[str] | None = None, opener: Callable[[argparse.Namespace], Engine] = open_engine) -> int:
     """Benchmark one engine over the batch sizes and write the report; returns the exit code."""
     args = parse_args(argv)
-    engine = opener(args)
+    try:
+        split = load_eval(args.eval_npz) if args.eval_npz else None
+        engine = opener(args)
+    except EngineError as exc:
+        print(f"trt_runner: error: {exc}", file=sys.stderr)
+        return 2
     gpus = [engine.device_info()]
     target = latency.Target(model=args.engine.name, backend="trt", device="cuda", precision=engine.precision,
                             input_size=engine.input_size, open=lambda: engine, clock=engine.clock(args.timing),
                             device_memory=engine.memory(), info=engine.info())
-    split = load_eval(args.eval_npz) if args.eval_npz else None
     rows = latency.run_grid([target], args.batches, args.budget, eval_split=split,
                             on_error=lambda msg: print(f"failed: {msg}", file=sys.stderr))
     environment = envinfo.capture(label=args.label, gpus=gpus, threads={})

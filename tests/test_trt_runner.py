@@ -12,6 +12,7 @@ What does NOT run here (no GPU, no TensorRT on this machine and in CI):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -142,6 +143,21 @@ def test_missing_engine_file_is_named(tmp_path: Path, capsys) -> None:
     assert "nope.engine: no such engine file" in capsys.readouterr().err
 
 
+def test_eval_npz_without_labels_is_refused(engine_file: Path, tmp_path: Path, capsys) -> None:
+    npz = tmp_path / "split.npz"
+    np.savez(npz, images=np.zeros((2, 3, 8, 8), np.float32))
+    code = trt_runner.main([str(engine_file), "--eval-npz", str(npz), "--out", str(tmp_path / "o")],
+                           opener=lambda args: FakeEngine([1.0]))
+    assert code == 2 and "split.npz: needs arrays 'images'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_real_opener_without_tensorrt_says_what_to_install(engine_file: Path, tmp_path: Path, capsys) -> None:
+    code = trt_runner.main([str(engine_file), "--out", str(tmp_path / "o")])
+    assert code == 2 and "TensorRT's Python bindings are not importable" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_seconds_budget_is_used(engine_file: Path, tmp_path: Path) -> None:
     args = trt_runner.parse_args([str(engine_file), "--seconds", "0.5", "--out", str(tmp_path)])
     assert args.budget.seconds == 0.5 and args.budget.iters is None and args.batches == [1, 8, 32]
@@ -199,8 +215,10 @@ def test_loose_copy_runs_a_report_without_torch(torchless_python: Path, tmp_path
         shutil.copy(REPO / "export" / name, board / name)
     help_result = _run(torchless_python, ["trt_runner.py", "--help"], board)
     assert help_result.returncode == 0, help_result.stderr
-    (board / "fake_engine.py").write_text(FAKE_ENGINE)
     (board / "student.engine").write_bytes(b"fake")
+    real = _run(torchless_python, ["trt_runner.py", "student.engine", "--out", "real"], board)
+    assert real.returncode == 2 and "TensorRT's Python bindings are not importable" in real.stderr
+    (board / "fake_engine.py").write_text(FAKE_ENGINE)
     (board / "drive.py").write_text(textwrap.dedent('''
         import sys
         import trt_runner
