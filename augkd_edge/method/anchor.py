@@ -1,0 +1,128 @@
+"""Module 2 of AuG-KD: anchor learning.
+
+Each labelled student-domain image x_s is mapped to an *anchor*: a latent that
+keeps its class-invariant part and rewrites the domain-specific rest so that
+the teacher is certain about the generated image (METHOD.md)::
+
+    z = E(x_s, y)                            (E frozen, eval mode: z = mu)
+    z_a, m = A(z, y)                         (z_a = m * psi(m * z) + (1 - m) * z)
+    x_a = G(z_a)                             (G frozen)
+    L_A = Energy_tau(T(norm(x_a))) + lambda_ce * CE(T(norm(x_a)), y) + |sum_j m_j - L (1 - alpha)| / L
+
+per sample, averaged (``losses.anchor_loss``). Only A is trained; gradients
+pass through the frozen G and T to A without touching their parameters.
+Selection: L_A on the eval split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from augkd_edge.config import AnchorConfig
+from augkd_edge.data import normalize
+from augkd_edge.losses import anchor_loss
+from augkd_edge.method.common import Augment, chunks, epoch_generator, freeze, labelled_batches
+from augkd_edge.models.anchornet import AnchorNet
+
+
+class AnchorStage:
+    """Module 2 as an engine stage; one batch = labelled student-domain images."""
+
+    name = "anchor"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        generator: nn.Module,
+        encoder: nn.Module,
+        anchor: AnchorNet,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        eval_x: torch.Tensor,
+        eval_y: torch.Tensor,
+        cfg: AnchorConfig,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        augment: Augment | None = None,
+    ):
+        self.teacher, self.generator, self.encoder, self.anchor = teacher, generator, encoder, anchor
+        self.train_x, self.train_y, self.eval_x, self.eval_y = train_x, train_y, eval_x, eval_y
+        self.cfg = cfg
+        self.mean, self.std, self.seed, self.augment = tuple(mean), tuple(std), seed, augment
+        self.device = next(anchor.parameters()).device
+        freeze(teacher, generator, encoder)
+        self.optimizer = torch.optim.Adam(anchor.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(cfg.epochs, 1))
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """L_A and its parts for student images ``x`` with labels ``y``, and the teacher's logits on x_a."""
+        with torch.no_grad():
+            _, z, _ = self.encoder(x, y)  # mu: E is frozen in eval mode
+        z_a, m = self.anchor(z, y)
+        teacher_logits = self.teacher(normalize(self.generator(z_a), self.mean, self.std))
+        cfg = self.cfg
+        parts = anchor_loss(teacher_logits, y, m, tau=cfg.tau, lambda_ce=cfg.lambda_ce, alpha=cfg.alpha)
+        parts["mask_mean"] = m.detach().mean()
+        return parts, teacher_logits
+
+    # ---- Stage protocol -----------------------------------------------------
+    def train_mode(self) -> None:
+        self.anchor.train()
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(len(self.train_y), generator=gen)
+        yield from labelled_batches(
+            self.train_x, self.train_y, order, self.cfg.batch_size, gen, self.device, self.augment
+        )
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        parts, _ = self.losses(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        self.optimizer.step()
+        return {k: v.detach() for k, v in parts.items()}
+
+    def end_epoch(self, epoch: int) -> None:
+        self.scheduler.step()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """L_A on the eval split, and how often the teacher names the right class on the anchor images."""
+        self.anchor.eval()
+        sums: dict[str, torch.Tensor] = {}
+        n = len(self.eval_y)
+        hits = torch.zeros((), device=self.device)
+        for sl in chunks(n, self.cfg.batch_size):
+            x = self.eval_x[sl].to(self.device, non_blocking=True)
+            y = self.eval_y[sl].to(self.device, non_blocking=True)
+            parts, teacher_logits = self.losses(x, y)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value * (len(y) / n)
+            hits += (teacher_logits.argmax(dim=1) == y).sum()
+        out = {f"eval_{k}": float(v) for k, v in sums.items()}
+        out["eval_anchor_teacher_top1"] = float(hits) / max(n, 1)
+        out["select"] = out["eval_loss"]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "anchor": self.anchor.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.anchor.load_state_dict(state["anchor"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def best_state(self) -> dict[str, Any]:
+        return {"anchor": self.anchor.state_dict()}

@@ -1,0 +1,67 @@
+"""The baselines AuG-KD is compared with, on the same data, splits, student init and evaluation.
+
+- ``no-kd``: the student trained with CE on the labelled student-domain images alone;
+- ``kd``: ``u * CE + (1 - u) * tau^2 * KL(T || S)`` on the student domain, the
+  teacher's logits on the same normalised batch (the same ``distill_loss`` as Module 3);
+- ``dfkd-finetune``: the Module 1 student (the pipeline passes it in as
+  ``student``) fine-tuned with CE on the student domain;
+- ``dfkd``: the Module 1 student evaluated as is; it trains nothing, so it has no stage.
+
+All are :class:`~augkd_edge.method.common.StudentStage` with Module 3's
+recipe (``MixupConfig``: epochs, lr, weight decay, batch size, u, tau, BN
+recompute), so a difference in results comes from the method, not the recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from augkd_edge.config import MixupConfig
+from augkd_edge.method.common import Augment, StudentStage
+
+BASELINE_STAGES = ("no-kd", "kd", "dfkd-finetune")
+
+
+def build_baseline_stage(
+    method: str,
+    student: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    cfg: MixupConfig,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    teacher: nn.Module | None = None,
+    augment: Augment | None = None,
+) -> StudentStage:
+    """The training stage of baseline ``method`` (``dfkd`` needs none)."""
+    if method not in BASELINE_STAGES:
+        raise ValueError(f"{method!r} has no baseline stage; use one of {', '.join(BASELINE_STAGES)}")
+    if method == "kd" and teacher is None:
+        raise ValueError("the kd baseline needs the teacher")
+    return StudentStage(
+        method.replace("-", "_"),
+        student,
+        train_x,
+        train_y,
+        eval_x,
+        eval_y,
+        mean=mean,
+        std=std,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        augment=augment,
+        teacher=teacher if method == "kd" else None,
+        u=cfg.u if method == "kd" else 1.0,
+        tau=cfg.tau,
+        recompute_bn=cfg.recompute_bn,
+    )

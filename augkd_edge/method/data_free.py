@@ -1,0 +1,203 @@
+"""Module 1 of AuG-KD: data-free learning of the generator, the encoder and a student warm-up.
+
+No teacher-domain data exists, so G learns from the teacher alone to make
+images that look like D_t to it. Per iteration (METHOD.md):
+
+1. one generator step on z ~ N(0, I), x = G(z)::
+
+       L_G = -KL(T(x) || S(x)) + CE(T(x), argmax T(x)) + alpha_g * sum pbar log10 pbar + L_BN
+
+   (``losses.generator_loss``; L_BN from ``losses.BNStatsHook`` on T's BatchNorm2d
+   layers, hooks removed after the step);
+2. ``k`` steps of student and encoder on fresh z, images made without gradient::
+
+       L_S = KL(T(x) || S(x)) at temperature 1           (losses.student_kl)
+       L_E = ||E(x, argmax T(x)) - z||^2 + 2.5e-4 * KL(N(mu, sigma^2) || N(0, I))   (losses.encoder_loss)
+
+Design choices beyond METHOD.md:
+
+- the images of step 2 come from G in eval mode: Modules 2 and 3 use G frozen
+  in eval mode, so E learns to invert exactly the G it will be used with;
+- checkpoint selection (``select``) uses the generator loss *without* its
+  adversarial term on a fixed validation noise set. The adversarial term
+  -KL(T || S) measures how weak the current student is, not how teacher-like
+  the images are; with it, the first epoch (untrained student, huge KL) would
+  always win. All parts, and the encoder loss, are logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from augkd_edge.config import DataFreeConfig
+from augkd_edge.data import normalize
+from augkd_edge.losses import BNStatsHook, encoder_loss, generator_loss, student_kl
+from augkd_edge.method.common import chunks, epoch_generator, freeze, no_param_grads
+
+_VAL_STREAM = 7  # the validation noise's own RNG stream, apart from the training epochs'
+
+
+class DataFreeStage:
+    """Module 1 as an engine stage; one batch = the noise for one iteration."""
+
+    name = "data_free"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        generator: nn.Module,
+        encoder: nn.Module,
+        cfg: DataFreeConfig,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+    ):
+        self.teacher, self.student, self.generator, self.encoder = teacher, student, generator, encoder
+        self.cfg = cfg
+        self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
+        self.device = next(generator.parameters()).device
+        freeze(teacher)
+        # DCGAN practice for the generator (beta1 = 0.5): a steadier adversarial game.
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+        self.opt_e = torch.optim.Adam(encoder.parameters(), lr=cfg.lr_e)
+        self.opt_s = torch.optim.Adam(student.parameters(), lr=cfg.lr_s)
+        self.optimizers = {"generator": self.opt_g, "encoder": self.opt_e, "student": self.opt_s}
+        self.schedulers = {
+            key: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+            for key, opt in self.optimizers.items()
+        }
+        gen = epoch_generator(seed, 0, self.device, stream=_VAL_STREAM)
+        self.val_z = torch.randn(cfg.val_samples, cfg.latent_dim, generator=gen, device=self.device)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mean, self.std)
+
+    # ---- Stage protocol -----------------------------------------------------
+    def train_mode(self) -> None:
+        self.generator.train()
+        self.encoder.train()
+        self.student.train()
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per iteration: z for the generator step [B, L] and for the k student steps [k, B, L]."""
+        gen = epoch_generator(self.seed, epoch, self.device)
+        shape = (self.cfg.batch_size, self.cfg.latent_dim)
+        for _ in range(self.cfg.iters_per_epoch):
+            z_g = torch.randn(shape, generator=gen, device=self.device)
+            z_s = torch.randn((self.cfg.k, *shape), generator=gen, device=self.device)
+            yield z_g, z_s
+
+    def generator_parts(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """L_G and its parts for noise ``z``, with the images and the teacher's logits.
+
+        Gradient reaches G through T's and S's inputs.
+        """
+        x = self.generator(z)
+        xn = self._norm(x)
+        with BNStatsHook(self.teacher) as bn:
+            teacher_logits = self.teacher(xn)
+        cfg = self.cfg
+        parts = generator_loss(
+            teacher_logits,
+            self.student(xn),
+            bn.loss(),
+            adv_weight=cfg.adv_weight,
+            ce_weight=cfg.ce_weight,
+            alpha_g=cfg.alpha_g,
+            bn_weight=cfg.bn_weight,
+        )
+        return parts, x, teacher_logits
+
+    def student_encoder_losses(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_S, L_E) on images G(z) made without gradient."""
+        with torch.no_grad():
+            self.generator.eval()
+            x = self.generator(z)
+            self.generator.train()
+            teacher_logits = self.teacher(self._norm(x))
+        labels = teacher_logits.argmax(dim=1)
+        loss_s = student_kl(self.student(self._norm(x)), teacher_logits)
+        z_hat, mu, logvar = self.encoder(x, labels)
+        return loss_s, encoder_loss(z_hat, z, mu, logvar, self.cfg.encoder_kl_weight)
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z_g, z_s = batch
+        # 1. generator step; the student only passes gradients through to the images
+        with no_param_grads(self.student):
+            parts, _, _ = self.generator_parts(z_g)
+        self.opt_g.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        self.opt_g.step()
+        # 2. k student + encoder steps (separate graphs, one backward of their sum)
+        sum_s = torch.zeros((), device=self.device)
+        sum_e = torch.zeros((), device=self.device)
+        for z in z_s:
+            loss_s, loss_e = self.student_encoder_losses(z)
+            self.opt_s.zero_grad(set_to_none=True)
+            self.opt_e.zero_grad(set_to_none=True)
+            (loss_s + loss_e).backward()
+            self.opt_s.step()
+            self.opt_e.step()
+            sum_s += loss_s.detach()
+            sum_e += loss_e.detach()
+        out = {f"g_{k}": v.detach() for k, v in parts.items()}
+        out["loss_s"] = sum_s / len(z_s)
+        out["loss_e"] = sum_e / len(z_s)
+        return out
+
+    def end_epoch(self, epoch: int) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Losses on the fixed validation noise, all nets in eval mode."""
+        for net in (self.generator, self.encoder, self.student):
+            net.eval()
+        sums: dict[str, torch.Tensor] = {}
+        n = len(self.val_z)
+        for sl in chunks(n, self.cfg.batch_size):
+            z = self.val_z[sl]
+            weight = (sl.stop - sl.start) / n
+            parts, x, teacher_logits = self.generator_parts(z)
+            z_hat, mu, logvar = self.encoder(x, teacher_logits.argmax(dim=1))
+            parts["encoder"] = encoder_loss(z_hat, z, mu, logvar, self.cfg.encoder_kl_weight)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + weight * value
+        out = {f"val_{k}": float(v) for k, v in sums.items()}
+        cfg = self.cfg
+        out["select"] = (
+            cfg.ce_weight * out["val_ce"] + cfg.alpha_g * out["val_balance"] + cfg.bn_weight * out["val_bn"]
+        )
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "encoder": self.encoder.state_dict(),
+            "student": self.student.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "schedulers": {k: sch.state_dict() for k, sch in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.encoder.load_state_dict(state["encoder"])
+        self.student.load_state_dict(state["student"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, sch in self.schedulers.items():
+            sch.load_state_dict(state["schedulers"][key])
+
+    def best_state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "encoder": self.encoder.state_dict(),
+            "student": self.student.state_dict(),
+        }

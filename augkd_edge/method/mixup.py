@@ -1,0 +1,174 @@
+"""Module 3 of AuG-KD: mixup learning, from teacher-domain anchors to the real student domain.
+
+Per batch (x, y) of labelled student-domain images, at stage factor f = f(e)
+(``losses.stage_factor``: linear from b to 1 by epoch a * E, or 10% steps)::
+
+    z = E(x, y)                               (mu; E frozen)
+    z_a = A(z, y)    z_m = (1 - f) z_a + f z  (one fused ``latent_mix``; no-anchor: z_a = z)
+    x_m = (1 - f) G(z_m) + f x                (G frozen)
+    batch = [norm(x); norm(x_m)], labels [y; y]   (one fused ``mix_normalize``)
+    L = u * CE(S(batch), y) + (1 - u) * tau^2 * KL(softmax(T(batch)/tau) || softmax(S(batch)/tau))
+
+The teacher's logits come from the **teacher** on the very tensor the student
+sees (defect 1 of the reference code took them from the student; defect 2
+normalised raw and mixed images differently). Everything except the student is
+frozen and the mixup images are made under ``no_grad`` (defect 5). The
+student starts from the Module 1 student (the pipeline passes it in). The loop,
+loss and evaluation are :class:`~augkd_edge.method.common.StudentStage`'s,
+shared with the baselines.
+
+When f = 1 the mixed image equals x, and [x; x] gives exactly the same loss,
+BatchNorm statistics and gradients as [x] alone, so the duplicate is skipped
+(``no-mixup`` = f = 1 throughout costs what plain KD costs).
+
+Uncertainty curriculum (``curriculum="energy"``) orders *samples*, it does not
+reweight them: the teacher's energy on every (unaugmented) training image is
+computed once; at epoch e the stage trains on the ``f(e)`` fraction with the
+lowest energy (where the teacher is most certain; at least one batch), so the
+curriculum widens together with the mixup schedule and covers all samples from
+epoch a * E on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from augkd_edge.config import MixupConfig
+from augkd_edge.losses import stage_factor
+from augkd_edge.method.common import Augment, StudentStage, freeze, teacher_energies
+from augkd_edge.models.anchornet import AnchorNet
+
+MIXUP_METHODS = ("augkd", "no-anchor", "no-mixup")
+
+
+class MixupStage(StudentStage):
+    """Module 3 as an engine stage (also the ``no-anchor`` and ``no-mixup`` ablations)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        generator: nn.Module,
+        encoder: nn.Module,
+        anchor: AnchorNet | None,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        eval_x: torch.Tensor,
+        eval_y: torch.Tensor,
+        cfg: MixupConfig,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        augment: Augment | None = None,
+        mixup: bool = True,
+        name: str = "mixup",
+    ):
+        super().__init__(
+            name,
+            student,
+            train_x,
+            train_y,
+            eval_x,
+            eval_y,
+            mean=mean,
+            std=std,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=seed,
+            augment=augment,
+            teacher=teacher,
+            u=cfg.u,
+            tau=cfg.tau,
+            recompute_bn=cfg.recompute_bn,
+        )
+        self.generator, self.encoder, self.anchor = generator, encoder, anchor
+        self.cfg, self.mixup = cfg, mixup
+        freeze(generator, encoder, anchor)
+        self.energy_order: torch.Tensor | None = None
+        if cfg.curriculum == "energy":
+            self.energy_order = torch.argsort(teacher_energies(teacher, train_x, mean, std))
+
+    def factor(self, epoch: int) -> float:
+        """The stage factor f(e): the real image's share of the mixup (1 = no mixup)."""
+        if not self.mixup:
+            return 1.0
+        cfg = self.cfg
+        return stage_factor(epoch, cfg.epochs, cfg.a, cfg.b, cfg.schedule)
+
+    def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        if self.energy_order is None:
+            return super().epoch_order(epoch, generator)
+        n = len(self.energy_order)
+        keep = min(n, max(self.batch_size, math.ceil(self.factor(epoch) * n)))
+        subset = self.energy_order[:keep]
+        return subset[torch.randperm(keep, generator=generator)]
+
+    def student_inputs(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[norm(x); norm(x_m)] and [y; y] (called under no_grad by the shared train step)."""
+        from augkd_edge.kernels import latent_mix, mix_normalize
+
+        f = self.factor(epoch)
+        if f >= 1.0:
+            return super().student_inputs(x, y, epoch)
+        _, z, _ = self.encoder(x, y)  # mu
+        if self.anchor is None:
+            z_m = z  # z_a = z, so z_m = (1 - f) z + f z = z
+        else:
+            psi, m = self.anchor.components(z, y)
+            _, z_m = latent_mix(z, psi, m, f)
+        batch = mix_normalize(x, self.generator(z_m), f, self.mean, self.std)
+        return batch, torch.cat([y, y])
+
+    def evaluate(self) -> dict[str, float]:
+        # the scheduler has stepped once per finished epoch: last_epoch - 1 is the one just trained
+        return super().evaluate() | {"f": self.factor(max(self.scheduler.last_epoch - 1, 0))}
+
+
+def build_mixup_stage(
+    method: str,
+    student: nn.Module,
+    teacher: nn.Module,
+    generator: nn.Module,
+    encoder: nn.Module,
+    anchor: AnchorNet | None,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    cfg: MixupConfig,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    augment: Augment | None = None,
+) -> MixupStage:
+    """Module 3 for ``augkd``, or its ablations ``no-anchor`` (z_a = z) and ``no-mixup`` (f = 1)."""
+    if method not in MIXUP_METHODS:
+        raise ValueError(f"{method!r} is not a Module 3 method; use one of {', '.join(MIXUP_METHODS)}")
+    if method == "augkd" and anchor is None:
+        raise ValueError("augkd needs the Module 2 AnchorNet")
+    return MixupStage(
+        student,
+        teacher,
+        generator,
+        encoder,
+        None if method == "no-anchor" else anchor,
+        train_x,
+        train_y,
+        eval_x,
+        eval_y,
+        cfg,
+        mean=mean,
+        std=std,
+        seed=seed,
+        augment=augment,
+        mixup=method != "no-mixup",
+        name="mixup" if method == "augkd" else f"mixup_{method.replace('-', '_')}",
+    )
