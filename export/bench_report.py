@@ -285,7 +285,7 @@ def plot_report(report: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         pngs.append((title, _png_base64(fig)))
         plt.close(fig)
     return pngs
@@ -403,7 +403,7 @@ def plot_comparison(comparison: dict[str, Any]) -> list[tuple[str, str]]:
     ax.set_ylabel("median latency (ms)")
     ax.set_title("Median latency across reports (colour: configuration, line style: report)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     png = _png_base64(fig)
     plt.close(fig)
     return [("Median latency across reports", png)]

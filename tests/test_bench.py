@@ -298,6 +298,8 @@ def test_bench_torch_and_ort_fp32_int8_then_compare(student, tmp_path: Path) -> 
     (["--backend", "ort,tpu"], "unknown"),
     (["--backend", "trt"], "no MODEL matches"),
     (["--batch", "1,a"], "comma-separated integers"),
+    (["--cuda-graphs"], "need --device cuda"),
+    (["--torch-precision", "fp16"], "need --device cuda"),
 ])
 def test_bench_user_errors_exit_2(student, tmp_path: Path, args: list[str], message: str) -> None:
     result = _cli(["bench", str(student["onnx"]), *args, "--out", str(tmp_path / "o")])

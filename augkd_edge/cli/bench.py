@@ -54,7 +54,7 @@ def _backend_of(path: Path) -> str:
     return "torch"  # a run folder or a model file
 
 
-def _torch_target(path: Path, device: str, cuda_graphs: bool) -> Any:
+def _torch_target(path: Path, device: str, cuda_graphs: bool, precision: str) -> Any:
     from augkd_edge.export.latency import Target
     from augkd_edge.export.onnx import with_normalisation
     from augkd_edge.export.runtimes import TorchRunner
@@ -64,9 +64,9 @@ def _torch_target(path: Path, device: str, cuda_graphs: bool) -> Any:
     model, meta = load_student(model_path)
     deployable = with_normalisation(model, meta.mean, meta.std)  # every backend takes [0, 1] images
     memory = _TorchCudaMemory() if device == "cuda" else None
-    return Target(model=model_path.name, backend="torch", device=device, precision="fp32",
+    return Target(model=model_path.name, backend="torch", device=device, precision=precision,
                   input_size=meta.input_size, device_memory=memory, info={"cuda_graphs": cuda_graphs},
-                  open=lambda: TorchRunner(deployable, device=device, cuda_graphs=cuda_graphs))
+                  open=lambda: TorchRunner(deployable, device=device, cuda_graphs=cuda_graphs, precision=precision))
 
 
 def _ort_target(path: Path, device: str, threads: int | None, input_size: int | None) -> Any:
@@ -154,6 +154,8 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and ONNX Runtime (fix it for comparable numbers).")
 @click.option("--cuda-graphs", is_flag=True, help="Replay the torch model as a CUDA graph (--device cuda).")
+@click.option("--torch-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Precision of the torch model (fp16 needs --device cuda).")
 @click.option("--input-size", type=click.IntRange(min=8), default=None,
               help="Input resolution for an ONNX/engine whose shape does not say it.")
 @click.option("--eval", "eval_source", type=click.Path(exists=True, path_type=Path), default=None,
@@ -165,7 +167,7 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for report.json, report.md and report.html.")
 def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warmup: int, iters: int | None,
-        seconds: float | None, threads: int | None, cuda_graphs: bool, input_size: int | None,
+        seconds: float | None, threads: int | None, cuda_graphs: bool, torch_precision: str, input_size: int | None,
         eval_source: Path | None, eval_split: str, eval_limit: int | None, label: str | None,
         out_dir: Path) -> None:
     """Measure latency, throughput and memory of MODEL(s) over batch sizes and write a report."""
@@ -180,8 +182,8 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
         raise UserError(f"--backend {','.join(unknown)}: unknown; choose from {', '.join(BACKENDS)}.")
     if iters is not None and seconds is not None:
         raise UserError("--iters and --seconds exclude each other; give one.")
-    if cuda_graphs and device != "cuda":
-        raise UserError("--cuda-graphs needs --device cuda.")
+    if (cuda_graphs or torch_precision == "fp16") and device != "cuda":
+        raise UserError("--cuda-graphs and --torch-precision fp16 need --device cuda.")
     budget = latency.Budget(warmup=warmup, seconds=seconds,
                             iters=None if seconds is not None else (100 if iters is None else iters))
     batch_list = _int_list(batches, "--batch")
@@ -197,7 +199,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
             click.echo(f"skipping {path}: it is a {backend} model and --backend is {backends}", err=True)
             continue
         if backend == "torch":
-            targets.append(_torch_target(path, device, cuda_graphs))
+            targets.append(_torch_target(path, device, cuda_graphs, torch_precision))
         elif backend == "ort":
             targets.append(_ort_target(path, device, threads, input_size))
         else:
