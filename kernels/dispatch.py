@@ -13,8 +13,9 @@ The training stack never calls a Triton kernel directly; every op asks
 
 ``auto`` (the default) takes Triton when every tensor is on a CUDA device and
 ``triton`` imports, else the reference. ``triton`` forces the kernels; on CPU
-tensors that only works under Triton's interpreter (``TRITON_INTERPRET=1``),
-which is how CI proves the kernels equal the reference without a GPU.
+tensors that only works under Triton's interpreter (``TRITON_INTERPRET=1``, set
+before the process imports triton, which fixes the mode of its standard library
+at import), which is how CI proves the kernels equal the reference without a GPU.
 
 Triton is imported lazily so ``import augkd_edge.kernels`` works where it is
 absent (CPU-only wheels, Jetson boards): the reference path needs only torch.
@@ -97,6 +98,23 @@ def interpreting() -> bool:
     return bool(knobs.runtime.interpret)
 
 
+def _stdlib_interpreted() -> bool:
+    # Triton decorates its own standard library (tl.sum, tl.max, tl.zeros) when
+    # triton.language is first imported, in whichever mode TRITON_INTERPRET
+    # selected then; the interpreter cannot call the compiled versions.
+    import triton.language as tl
+
+    return type(tl.sum).__name__ == "InterpretedFunction"
+
+
+def _check_mode() -> None:
+    if interpreting() != _stdlib_interpreted():
+        raise RuntimeError(
+            "TRITON_INTERPRET changed after triton was imported: Triton fixes the mode of its standard "
+            "library at import, so set TRITON_INTERPRET (or unset it) before the process imports triton"
+        )
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """Decide, for tensors about to enter an op, whether the Triton kernel runs.
 
@@ -109,14 +127,18 @@ def use_triton(*tensors: torch.Tensor) -> bool:
         return False
     on_cuda = all(t.is_cuda for t in tensors)
     if name == "auto":
-        return on_cuda and triton_available()
+        if not (on_cuda and triton_available()):
+            return False
+        _check_mode()
+        return True
     if not triton_available():
         raise RuntimeError(f"{ENV_VAR}=triton was requested but triton cannot be imported")
     if not on_cuda and not interpreting():
         raise RuntimeError(
             f"{ENV_VAR}=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
-            "before the first kernel call, move the tensors to a CUDA device, or use auto"
+            "before the process imports triton, move the tensors to a CUDA device, or use auto"
         )
+    _check_mode()
     return True
 
 
