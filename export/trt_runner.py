@@ -53,14 +53,17 @@ class EngineError(_UserFacing):
 
 
 class Cuda(Protocol):
-    """The CUDA calls the runner needs; pycuda and cuda-python each implement it."""
+    """The CUDA calls the runner needs; pycuda and cuda-python each implement it.
+
+    Copies are synchronous (numpy's pageable memory; staging is outside the timed loop).
+    """
 
     name: str
 
     def malloc(self, nbytes: int) -> int: ...
     def free(self, ptr: int) -> None: ...
-    def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None: ...
-    def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None: ...
+    def htod(self, ptr: int, host: np.ndarray) -> None: ...
+    def dtoh(self, host: np.ndarray, ptr: int) -> None: ...
     def stream(self) -> Any: ...
     def stream_handle(self, stream: Any) -> int: ...
     def synchronize(self, stream: Any) -> None: ...
@@ -95,11 +98,11 @@ class PyCuda:
     def free(self, ptr: int) -> None:
         self._allocations.pop(ptr).free()
 
-    def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None:
-        self._cuda.memcpy_htod_async(ptr, host, stream)
+    def htod(self, ptr: int, host: np.ndarray) -> None:
+        self._cuda.memcpy_htod(ptr, host)
 
-    def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None:
-        self._cuda.memcpy_dtoh_async(host, ptr, stream)
+    def dtoh(self, host: np.ndarray, ptr: int) -> None:
+        self._cuda.memcpy_dtoh(host, ptr)
 
     def stream(self) -> Any:
         return self._cuda.Stream()
@@ -157,7 +160,7 @@ class CudaPython:
         """cuda-python returns (error, values...); raise on error, return the values."""
         err, *values = result if isinstance(result, tuple) else (result,)
         if err != self._rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA error {err}")
+            raise RuntimeError(f"CUDA runtime error {getattr(err, 'name', err)}")
         return values[0] if len(values) == 1 else tuple(values)
 
     def malloc(self, nbytes: int) -> int:
@@ -166,14 +169,13 @@ class CudaPython:
     def free(self, ptr: int) -> None:
         self._call(self._rt.cudaFree(ptr))
 
-    def _copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> None:
-        self._call(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream))
+    def htod(self, ptr: int, host: np.ndarray) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call(self._rt.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, kind))
 
-    def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None:
-        self._copy(ptr, host.ctypes.data, host.nbytes, self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
-
-    def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None:
-        self._copy(host.ctypes.data, ptr, host.nbytes, self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+    def dtoh(self, host: np.ndarray, ptr: int) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call(self._rt.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, kind))
 
     def stream(self) -> Any:
         return self._call(self._rt.cudaStreamCreate())
@@ -222,6 +224,9 @@ def load_binding(choice: str = "auto") -> Cuda:
             return BINDINGS[name]()
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
+        except Exception as exc:  # imported, but CUDA itself is unusable (pycuda and cuda-python differ in types)
+            raise EngineError(f"{name} is installed but CUDA is unusable here ({exc}); is the NVIDIA driver "
+                              f"loaded and a GPU visible (nvidia-smi / tegrastats)?") from exc
     raise EngineError(
         "no CUDA Python binding is importable (" + "; ".join(errors) + "). "
         "Install one: `pip install pycuda` (JetPack: `sudo apt install python3-pycuda`) or "
@@ -353,9 +358,7 @@ class EngineRunner:
         out_ptr = self._buffer(self.output_name, self._host_out.nbytes)
         self.context.set_tensor_address(self.input_name, in_ptr)
         self.context.set_tensor_address(self.output_name, out_ptr)
-        self.cuda.htod(in_ptr, x, self.stream)
-        self.cuda.synchronize(self.stream)
-        self._staged = x  # the async copy reads it; keep it alive
+        self.cuda.htod(in_ptr, x)  # synchronous: staging is outside the timed loop
         self._prepared = True
 
     def enqueue(self) -> None:
@@ -370,10 +373,9 @@ class EngineRunner:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         self.prepare(x)
-        self.enqueue()
+        self.run()
         assert self._host_out is not None
-        self.cuda.dtoh(self._host_out, self._buffers[self.output_name][0], self.stream)
-        self.cuda.synchronize(self.stream)
+        self.cuda.dtoh(self._host_out, self._buffers[self.output_name][0])
         return self._host_out.astype(np.float32)
 
     def clock(self, timing: str) -> latency.Clock:

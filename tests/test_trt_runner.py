@@ -158,6 +158,23 @@ def test_real_opener_without_tensorrt_says_what_to_install(engine_file: Path, tm
     assert not (tmp_path / "o").exists()
 
 
+def _cuda_python_without_gpu() -> bool:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return False
+    err, count = cudart.cudaGetDeviceCount()
+    return err != cudart.cudaError_t.cudaSuccess or count == 0
+
+
+@pytest.mark.skipif(not _cuda_python_without_gpu(), reason="needs cuda-python installed and no usable GPU")
+def test_real_cuda_python_binding_reports_a_missing_gpu() -> None:
+    """The real cuda-python path up to its first CUDA call (all that can run without a GPU)."""
+    with pytest.raises(trt_runner.EngineError, match="cuda-python is installed but CUDA is unusable") as exc:
+        trt_runner.load_binding("cuda-python")
+    assert "CUDA runtime error cudaError" in str(exc.value)
+
+
 def test_seconds_budget_is_used(engine_file: Path, tmp_path: Path) -> None:
     args = trt_runner.parse_args([str(engine_file), "--seconds", "0.5", "--out", str(tmp_path)])
     assert args.budget.seconds == 0.5 and args.budget.iters is None and args.batches == [1, 8, 32]
