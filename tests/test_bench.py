@@ -242,7 +242,9 @@ def student(tmp_path_factory) -> dict[str, Path]:
                      extra={"data": "digits:optdigits", "splits": {"test": list(range(40))}})
     pt = save_model_file(root / "student.pt", model, meta)
     onnx_path = root / "student.onnx"
-    export_onnx(with_normalisation(model, meta.mean, meta.std), onnx_path, 32)
+    # opset 17 takes the TorchScript exporter: ~1 s instead of ~25 s for torch.export on 2 cores;
+    # the benchmark does not depend on which exporter wrote the graph.
+    export_onnx(with_normalisation(model, meta.mean, meta.std), onnx_path, 32, opset=17)
     calib = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
     int8 = quantize_int8(onnx_path, root / "student_int8.onnx", calib, batch_size=4)
     return {"pt": pt, "onnx": onnx_path, "int8": Path(int8)}
