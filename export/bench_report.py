@@ -32,6 +32,7 @@ workstation, and ``augkd-edge bench compare`` can put them side by side.
          "memory_mb": {"host_peak_rss", "host_peak_kind": "vmhwm" | "rss-after",
                        "device_peak", "device_kind"},
          "top1": 0.91, "eval": {"split": "test", "n": 1000},   # only with --eval
+         "eval_error": "...",                     # --eval failed for this cell (latency kept)
          "error": "..."                           # only when the cell failed; no numbers then
          ... backend-specific extras (threads, cuda_graphs, engine info)}
       ]
@@ -206,7 +207,8 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def _errors(report: dict[str, Any]) -> list[str]:
-    return [f"{config_name(r)} batch {r['batch']}: {r['error']}" for r in report["results"] if "error" in r]
+    return [f"{config_name(r)} batch {r['batch']}{' (eval)' if key == 'eval_error' else ''}: {r[key]}"
+            for r in report["results"] for key in ("error", "eval_error") if key in r]
 
 
 def render_markdown(report: dict[str, Any]) -> str:

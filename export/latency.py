@@ -194,14 +194,20 @@ def top1(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: 
     """Top-1 accuracy of ``infer`` (images in [0, 1] -> logits) on a labelled split.
 
     Measured with the same runner as the latency so a precision's accuracy and
-    speed come from one artefact (the FP32 / INT8 / FP16 trade-off table).
+    speed come from one artefact (the FP32 / INT8 / FP16 trade-off table). The
+    last chunk is padded to ``batch`` (padding rows dropped from the logits) so
+    engines built for one static batch size can be evaluated too.
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError("need as many labels as images, and at least one")
     correct = 0
     for start in range(0, len(images), batch):
-        logits = np.asarray(infer(np.ascontiguousarray(images[start:start + batch])))
-        correct += int((logits.argmax(axis=1) == labels[start:start + batch]).sum())
+        chunk = np.ascontiguousarray(images[start:start + batch], dtype=np.float32)
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+        logits = np.asarray(infer(chunk))[:n]
+        correct += int((logits.argmax(axis=1) == labels[start:start + n]).sum())
     return correct / len(images)
 
 
@@ -269,25 +275,35 @@ def run_grid(
                 "batch": int(batch),
                 **target.info,
             }
+            where = f"{target.model} [{target.backend}/{target.precision}] batch {batch}"
             try:
                 if runner is None:
                     runner = target.open()
                 row.update(measure_cell(runner, target, batch, budget, host))
-                if eval_split is not None:
+            except Exception as exc:  # a failed cell is reported, not fatal (docstring)
+                row["error"] = _one_line(exc)
+                if on_error:
+                    on_error(f"{where}: {row['error']}")
+            if eval_split is not None and "error" not in row:
+                try:
                     if accuracy is None:  # once per target: accuracy does not depend on timing
                         accuracy = top1(runner.infer, eval_split.images, eval_split.labels, batch)
                     row["top1"] = accuracy
                     row["eval"] = {"split": eval_split.name, "n": int(len(eval_split.labels))}
-            except Exception as exc:  # a failed cell is reported, not fatal (docstring)
-                message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                row["error"] = message
-                if on_error:
-                    on_error(f"{target.model} [{target.backend}/{target.precision}] batch {batch}: {message}")
+                except Exception as exc:  # keep the latency; say why there is no accuracy
+                    row["eval_error"] = _one_line(exc)
+                    if on_error:
+                        on_error(f"{where} (eval): {row['eval_error']}")
             rows.append(row)
     finally:
         if runner is not None:
             runner.close()
     return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def measure_cell(runner: Any, target: Target, batch: int, budget: Budget,

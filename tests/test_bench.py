@@ -111,10 +111,29 @@ class FakeRunner:
         self.closed += 1
 
 
-def test_top1_counts_batches_and_remainders() -> None:
+def test_top1_pads_the_last_chunk_for_static_batch_engines() -> None:
     x = np.zeros((5, 3, 2, 2), np.float32)
     x[np.arange(5), [0, 1, 2, 0, 1]] = 1.0
-    assert latency.top1(FakeRunner().infer, x, np.array([0, 1, 2, 2, 2]), batch=2) == pytest.approx(0.6)
+    sizes: list[int] = []
+
+    def infer(chunk: np.ndarray) -> np.ndarray:
+        sizes.append(len(chunk))
+        return chunk.mean(axis=(2, 3))
+
+    assert latency.top1(infer, x, np.array([0, 1, 2, 2, 2]), batch=2) == pytest.approx(0.6)
+    assert sizes == [2, 2, 2]  # 5 images: the last chunk of 1 is padded to 2
+
+
+def test_failed_eval_keeps_the_latency() -> None:
+    class NoInfer(FakeRunner):
+        def infer(self, x: np.ndarray) -> np.ndarray:
+            raise RuntimeError("output binding lost")
+
+    split = latency.EvalSplit("test", np.zeros((2, 3, 4, 4), np.float32), np.array([0, 1]))
+    (row,) = latency.run_grid([latency.Target("m.onnx", "ort", "cpu", "fp32", 4, NoInfer)], [2],
+                              latency.Budget(warmup=0, iters=2), eval_split=split)
+    assert "error" not in row and row["samples"] == 2
+    assert row["eval_error"] == "RuntimeError: output binding lost" and "top1" not in row
 
 
 def test_run_grid_reports_failures_evaluates_once_and_closes() -> None:
