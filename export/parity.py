@@ -1,0 +1,124 @@
+"""Is the exported model the model we trained? Logit-level comparison of two runners.
+
+A conversion bug (wrong normalisation, a layer exported in training mode, a
+fused op with another rounding) rarely crashes: it shifts logits. Comparing
+on real images of the student domain, not random noise, shows whether it shifts
+*decisions*, which is what users see. Figures reported:
+
+- ``max_abs_diff``: max |candidate - reference| over all logits (gated by ``atol``);
+- ``max_rel_diff``: max |candidate - reference| / max(|reference|, 1e-6), as
+  Polygraphy reports it (informative; relative error explodes near zero logits,
+  so it is not gated);
+- ``top1_agreement``: fraction of images whose argmax matches (gated by ``min_agreement``).
+
+Accuracy helpers for the INT8 gate live here too, because they share the
+batching (fixed-batch graphs need the last batch padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from augkd_edge.export.runtimes import Runner
+
+REL_FLOOR = 1e-6
+
+
+def batched_logits(runner: Runner, images: np.ndarray, batch_size: int = 64, fixed_batch: int | None = None) -> np.ndarray:
+    """All logits for ``images``, ``batch_size`` at a time.
+
+    ``fixed_batch``: the graph's static batch; batches are then exactly that
+    size and the last one is padded by repeating its final image (outputs
+    of the padding are dropped).
+    """
+    if len(images) == 0:
+        raise ValueError("no images to run")
+    step = fixed_batch or batch_size
+    out = []
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        real = len(chunk)
+        if fixed_batch is not None and real < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - real, axis=0)])
+        out.append(runner.infer(np.ascontiguousarray(chunk, dtype=np.float32))[:real])
+    return np.concatenate(out)
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of correct argmax predictions."""
+    if len(logits) != len(labels):
+        raise ValueError(f"{len(logits)} logits for {len(labels)} labels")
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+@dataclass
+class ParityReport:
+    """Figures of one reference-vs-candidate comparison, and whether they pass."""
+
+    reference: str
+    candidate: str
+    images: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float
+    atol: float
+    min_agreement: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol and self.top1_agreement >= self.min_agreement
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"parity {self.candidate} vs {self.reference} on {self.images} images: "
+            f"max abs diff {self.max_abs_diff:.3g} (atol {self.atol:g}), max rel diff {self.max_rel_diff:.3g}, "
+            f"top-1 agreement {100 * self.top1_agreement:.2f}% (min {100 * self.min_agreement:.2f}%) -> {verdict}"
+        )
+
+
+def compare_logits(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    atol: float = 1e-4,
+    min_agreement: float = 1.0,
+    names: tuple[str, str] = ("reference", "candidate"),
+) -> ParityReport:
+    """Parity figures for two logit arrays of the same images."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    rel = diff / np.maximum(np.abs(reference.astype(np.float64)), REL_FLOOR)
+    agree = float((candidate.argmax(axis=1) == reference.argmax(axis=1)).mean())
+    return ParityReport(
+        reference=names[0],
+        candidate=names[1],
+        images=len(reference),
+        max_abs_diff=float(diff.max()),
+        max_rel_diff=float(rel.max()),
+        top1_agreement=agree,
+        atol=atol,
+        min_agreement=min_agreement,
+    )
+
+
+def compare_runners(
+    reference: Runner,
+    candidate: Runner,
+    images: np.ndarray,
+    atol: float = 1e-4,
+    min_agreement: float = 1.0,
+    batch_size: int = 64,
+    fixed_batch: int | None = None,
+) -> ParityReport:
+    """Run the same images through both runners and compare (see module docstring)."""
+    ref = batched_logits(reference, images, batch_size, fixed_batch)
+    cand = batched_logits(candidate, images, batch_size, fixed_batch)
+    names = (f"{reference.name}-{reference.device}-{reference.precision}",
+             f"{candidate.name}-{candidate.device}-{candidate.precision}")
+    return compare_logits(ref, cand, atol, min_agreement, names)

@@ -1,0 +1,134 @@
+"""INT8 post-training quantization into the QDQ form TensorRT 10 builds from.
+
+ONNX Runtime's static quantizer writes ``QuantizeLinear``/``DequantizeLinear``
+pairs around the float graph (QDQ format), which is TensorRT's *explicit
+quantization* input: no TensorRT calibrator is needed on the board, and the same
+file runs in ONNX Runtime here so its accuracy can be measured before anyone
+flashes a device. Settings follow TensorRT's rules, not ORT's defaults:
+
+- signed INT8, **symmetric** activations and weights (TensorRT requires zero
+  points of 0), per-channel weights (the accuracy-critical choice for
+  depthwise-separable students such as MobileNetV3);
+- biases stay float (``QuantizeBias=False``): TensorRT's ``DequantizeLinear``
+  takes INT8/FP8/INT4 inputs, not the INT32 biases ORT writes by default.
+
+Calibration images are the student domain's *training* split: calibrating on
+the test split would leak the very images the accuracy gate is measured on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from augkd_edge.errors import UserError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class ImageCalibrationReader:
+    """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader protocol).
+
+    Every batch has the same size: the histogram calibrators (entropy,
+    percentile) stack per-batch outputs and fail on a short last batch, and a
+    fixed-batch graph accepts only its own batch size. The last batch is
+    therefore completed with images from the start of the set (each image is
+    still seen, a few twice; min/max and histograms barely move).
+    """
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 32, fixed_batch: int | None = None):
+        if images.ndim != 4 or images.dtype != np.float32:
+            raise ValueError(f"calibration images must be float32 NCHW, got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            raise UserError("no calibration images: the training split of the student domain is empty.")
+        self.images = images
+        self.input_name = input_name
+        self.step = fixed_batch or min(batch_size, len(images))
+        self._start = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._start >= len(self.images):
+            return None
+        index = np.arange(self._start, self._start + self.step) % len(self.images)
+        self._start += self.step
+        return {self.input_name: np.ascontiguousarray(self.images[index])}
+
+    def rewind(self) -> None:
+        self._start = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.step)
+
+
+def _calibrate_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if name not in table:
+        raise UserError(f"--calibration {name!r}: choose one of {', '.join(CALIBRATION_METHODS)}.")
+    return table[name]
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration_images: np.ndarray,
+    method: str = "minmax",
+    input_name: str = "image",
+    batch_size: int = 32,
+    fixed_batch: int | None = None,
+    percentile: float = 99.999,
+) -> Path:
+    """Write the QDQ INT8 model of ``fp32_path`` to ``out_path`` (see module docstring).
+
+    The float model is first run through ``quant_pre_process`` (shape inference
+    and ORT's graph cleanup: BatchNorm folding, constant folding), which the
+    quantizer needs to place Q/DQ pairs on fused Conv outputs rather than on
+    every intermediate tensor.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    calibrate_method = _calibrate_method(method)
+    reader = ImageCalibrationReader(calibration_images, input_name, batch_size, fixed_batch)
+    extra_options = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+    }
+    if method == "percentile":
+        extra_options["CalibPercentile"] = percentile
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        quantized = Path(work) / "quantized.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+                quantize_static(
+                    str(prepared),
+                    str(quantized),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=calibrate_method,
+                    extra_options=extra_options,
+                )
+        except UserError:
+            raise
+        except Exception as exc:  # ORT raises plain Exceptions / RuntimeErrors from C++
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{fp32_path}: INT8 quantization ({method} calibration) failed: {first}") from exc
+        quantized.replace(out_path)  # same folder: an atomic rename
+    return out_path
