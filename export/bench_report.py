@@ -41,8 +41,9 @@ workstation, and ``augkd-edge bench compare`` can put them side by side.
 A reader must refuse a schema newer than it knows (``load_report`` does); new
 optional fields may appear within a schema version, so readers ignore unknown
 keys. ``compare.json`` (kind ``augkd-edge/bench-compare``) holds the compared
-reports' labels, the baseline index and one row per configuration with each
-report's median latency, throughput and speedup against the baseline.
+reports' labels, the baseline index, the fields rows were matched on (``match``)
+and one row per match key and batch with each report's configuration, median
+latency, throughput and speedup against the baseline.
 """
 
 from __future__ import annotations
@@ -339,46 +340,69 @@ def report_name(report: dict[str, Any], fallback: str) -> str:
     return report.get("environment", {}).get("label") or fallback
 
 
-def compare(reports: Sequence[dict[str, Any]], names: Sequence[str], baseline: int = 0) -> dict[str, Any]:
-    """Line up several reports by configuration (model file name, backend, device, precision,
-    batch) and give each report's speedup against ``baseline`` (baseline median / median,
-    so > 1 means faster than the baseline)."""
+CONFIG_KEYS = ("model", "backend", "device", "precision")
+
+
+def compare(reports: Sequence[dict[str, Any]], names: Sequence[str], baseline: int = 0,
+            match: Sequence[str] = CONFIG_KEYS) -> dict[str, Any]:
+    """Line up several reports row by row and give each report's speedup against ``baseline``
+    (baseline median / median, so > 1 means faster than the baseline).
+
+    Rows are matched on ``batch`` plus the ``match`` fields (model *file name*, so the
+    same file measured on two machines lines up). Fewer fields compare different
+    builds: ``match=()`` puts a board's ``student.engine`` (trt, fp16) next to a
+    workstation's ``student.onnx`` (ort, fp32) at each batch size; each cell then
+    names the configuration it came from.
+    """
     if not 0 <= baseline < len(reports):
         raise ReportError(f"--baseline {baseline} is out of range: give 0..{len(reports) - 1} "
                           f"(the position of a report on the command line).")
+    unknown = sorted(set(match) - set(CONFIG_KEYS))
+    if unknown:
+        raise ReportError(f"--match {','.join(unknown)}: unknown field; choose from {', '.join(CONFIG_KEYS)}.")
+    match = [k for k in CONFIG_KEYS if k in match]
+
+    def field(row: dict[str, Any], key: str) -> str:
+        return Path(row[key]).name if key == "model" else str(row[key])
+
     table: dict[tuple, list[dict[str, Any] | None]] = {}
     for i, report in enumerate(reports):
         for r in report["results"]:
             if "error" in r:
                 continue
-            key = (Path(r["model"]).name, r["backend"], r["device"], r["precision"], int(r["batch"]))
-            table.setdefault(key, [None] * len(reports))[i] = {
-                "median_ms": r["latency_ms"]["median"],
-                "throughput_ips": r["throughput_ips"],
-                "top1": r.get("top1"),
-            }
+            key = (*(field(r, k) for k in match), int(r["batch"]))
+            cells = table.setdefault(key, [None] * len(reports))
+            config = " ".join(field(r, k) for k in CONFIG_KEYS)
+            if cells[i] is not None:
+                raise ReportError(
+                    f"{names[i]}: two rows match the same entry ({cells[i]['config']} and {config}, batch "
+                    f"{r['batch']}); match on more fields (--match) or compare a report of one configuration.")
+            cells[i] = {"config": config, "median_ms": r["latency_ms"]["median"],
+                        "throughput_ips": r["throughput_ips"], "top1": r.get("top1")}
     rows = []
-    for key in sorted(table, key=lambda k: (k[:4], k[4])):
+    for key in sorted(table):
         cells = table[key]
         base = cells[baseline]
         for cell in cells:
             if cell is not None:
                 cell["speedup"] = base["median_ms"] / cell["median_ms"] if base and cell["median_ms"] > 0 else None
-        rows.append({**dict(zip(ROW_KEYS, key)), "reports": cells})
-    return {"schema": SCHEMA, "kind": COMPARE_KIND, "names": list(names), "baseline": baseline, "rows": rows}
+        rows.append({**dict(zip([*match, "batch"], key)), "reports": cells})
+    return {"schema": SCHEMA, "kind": COMPARE_KIND, "names": list(names), "baseline": baseline,
+            "match": match, "rows": rows}
 
 
 def compare_table(comparison: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    names = comparison["names"]
-    header = list(ROW_KEYS)
+    names, keys = comparison["names"], [*comparison["match"], "batch"]
+    partial = len(comparison["match"]) < len(CONFIG_KEYS)  # cells must say which configuration
+    header = list(keys)
     for i, n in enumerate(names):
         tag = " (baseline)" if i == comparison["baseline"] else ""
-        header += [f"{n}{tag} median ms", f"{n} images/s", f"{n} speedup"]
+        header += ([f"{n} config"] if partial else []) + [f"{n}{tag} median ms", f"{n} images/s", f"{n} speedup"]
     rows = []
     for row in comparison["rows"]:
-        cells = [str(row[k]) for k in ROW_KEYS]
+        cells = [str(row[k]) for k in keys]
         for c in row["reports"]:
-            cells += ["-"] * 3 if c is None else [
+            cells += ["-"] * (3 + partial) if c is None else ([c["config"]] if partial else []) + [
                 _fmt(c["median_ms"]), _fmt(c["throughput_ips"], 1),
                 f"{c['speedup']:.2f}x" if c.get("speedup") is not None else "-"]
         rows.append(cells)
@@ -392,14 +416,16 @@ def plot_comparison(comparison: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     fig, ax = plt.subplots(figsize=(8, 4.8))
     styles = ["-", "--", ":", "-."]
-    configs = sorted({(r["model"], r["backend"], r["device"], r["precision"]) for r in comparison["rows"]})
-    for i, name in enumerate(comparison["names"]):
-        for j, cfg in enumerate(configs):
-            pts = [(r["batch"], r["reports"][i]["median_ms"]) for r in comparison["rows"]
-                   if (r["model"], r["backend"], r["device"], r["precision"]) == cfg and r["reports"][i]]
-            if pts:
-                ax.plot([b for b, _ in pts], [m for _, m in pts], styles[i % len(styles)], marker="o",
-                        color=f"C{j % 10}", label=f"{name}: {' '.join(cfg[1:])} {cfg[0]}")
+    series: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    for r in comparison["rows"]:
+        for i, cell in enumerate(r["reports"]):
+            if cell is not None:
+                series.setdefault((i, cell["config"]), []).append((r["batch"], cell["median_ms"]))
+    colours = {cfg: f"C{j % 10}" for j, cfg in enumerate(sorted({c for _, c in series}))}
+    for (i, cfg), pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([b for b, _ in pts], [m for _, m in pts], styles[i % len(styles)], marker="o",
+                color=colours[cfg], label=f"{comparison['names'][i]}: {cfg}")
     _batch_axis(ax, (r["batch"] for r in comparison["rows"]))
     ax.set_yscale("log")
     ax.set_ylabel("median latency (ms)")
@@ -416,7 +442,8 @@ def write_comparison(comparison: dict[str, Any], reports: Sequence[dict[str, Any
     """compare.json, compare.md and compare.html (with each report's environment)."""
     out = Path(out_dir)
     header, rows = compare_table(comparison)
-    intro = [f"baseline: {comparison['names'][comparison['baseline']]}; speedup = baseline median / median"]
+    intro = [f"baseline: {comparison['names'][comparison['baseline']]}; speedup = baseline median / median; "
+             f"rows matched on {', '.join([*comparison['match'], 'batch'])}"]
     envs = [f"{n}: " + " | ".join(environment_lines(r)[1:3]) for n, r in zip(comparison["names"], reports)]
     md = "\n".join(["# Latency comparison", "", *[f"- {x}" for x in intro + envs], "",
                     _md_table(header, rows), ""])

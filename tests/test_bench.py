@@ -241,6 +241,25 @@ def test_compare_speedups_against_the_baseline() -> None:
         bench_report.compare([a, b], ["old", "new"], baseline=2)
 
 
+def test_compare_across_builds_matches_on_batch_only(tmp_path: Path) -> None:
+    ws = _report("ws", {("ort", 1): 4.0, ("ort", 8): 8.0})
+    board = _report("orin", {("trt", 1): 1.0, ("trt", 8): 2.0})
+    default = bench_report.compare([ws, board], ["ws", "orin"])
+    assert not [r for r in default["rows"] if all(r["reports"])]  # ort and trt never line up by default
+    cmp = bench_report.compare([ws, board], ["ws", "orin"], match=[])
+    assert [(r["batch"], r["reports"][1]["speedup"]) for r in cmp["rows"]] == [(1, 4.0), (8, 4.0)]
+    assert cmp["rows"][0]["reports"][1]["config"] == "student.onnx trt cpu fp32"
+    header, _ = bench_report.compare_table(cmp)
+    assert header[:2] == ["batch", "ws config"]
+    both = _report("ws2", {("ort", 1): 4.0, ("torch", 1): 9.0})
+    with pytest.raises(UserError, match="two rows match the same entry"):
+        bench_report.compare([both, board], ["ws2", "orin"], match=[])
+    with pytest.raises(UserError, match="--match colour: unknown field"):
+        bench_report.compare([ws, board], ["ws", "orin"], match=["colour"])
+    bench_report.write_comparison(cmp, [ws, board], tmp_path)
+    assert "rows matched on batch" in (tmp_path / "compare.md").read_text()
+
+
 # -- the command, end to end on a real student ------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -303,7 +322,7 @@ def test_bench_torch_and_ort_fp32_int8_then_compare(student, tmp_path: Path) -> 
 
     out_c = tmp_path / "c"
     result = _cli(["bench", "compare", str(out_a / "report.json"), str(out_b), "--baseline", "1",
-                   "--out", str(out_c)])
+                   "--match", "model,backend,device,precision,batch", "--out", str(out_c)])
     assert result.exit_code == 0, result.output
     cmp = json.loads((out_c / "compare.json").read_text())
     assert cmp["names"] == ["ci-cpu", "other"] and cmp["baseline"] == 1

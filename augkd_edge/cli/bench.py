@@ -236,16 +236,20 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
 @click.argument("reports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--baseline", type=click.IntRange(min=0), default=0, show_default=True,
               help="Position (0-based) of the report the others are compared with.")
+@click.option("--match", default="model,backend,device,precision", show_default=True,
+              help="Fields (besides batch) that must agree for rows to line up; 'batch' alone compares "
+                   "different builds, e.g. a board's TensorRT engine with a workstation's ONNX.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for compare.json, compare.md and compare.html.")
-def compare(reports: tuple[Path, ...], baseline: int, out_dir: Path) -> None:
+def compare(reports: tuple[Path, ...], baseline: int, match: str, out_dir: Path) -> None:
     """Put REPORT(s) (report.json files or their folders) in one table and plot, with speedups
     against the baseline."""
     from augkd_edge.export import bench_report
 
     loaded = [bench_report.load_report(p) for p in reports]
     names = _unique_names([bench_report.report_name(r, str(p)) for r, p in zip(loaded, reports)])
-    comparison = bench_report.compare(loaded, names, baseline)
+    fields = [f.strip() for f in match.split(",") if f.strip() and f.strip() != "batch"]
+    comparison = bench_report.compare(loaded, names, baseline, match=fields)
     for written in bench_report.write_comparison(comparison, loaded, out_dir):
         click.echo(f"wrote {written}")
 
