@@ -106,6 +106,16 @@ def _trt_target(path: Path, input_size: int | None) -> Any:
     return target
 
 
+def _eval_split(source: Path, split: str, limit: int | None) -> Any:
+    """The labelled split a run folder / model file recorded (rundir.split_arrays)."""
+    from augkd_edge.export.latency import EvalSplit
+    from augkd_edge.rundir import load_student, split_arrays
+
+    _, meta = load_student(source)
+    images, labels = split_arrays(meta, split)
+    return EvalSplit(split, images[:limit], labels[:limit])
+
+
 class _TorchCudaMemory:
     """Peak GPU memory through torch's allocator (torch and the torch-buffered TRT runner)."""
 
@@ -197,8 +207,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
         backend = _backend_of(path)
         if backend not in wanted:
             click.echo(f"skipping {path}: it is a {backend} model and --backend is {backends}", err=True)
-            continue
-        if backend == "torch":
+        elif backend == "torch":
             targets.append(_torch_target(path, device, cuda_graphs, torch_precision))
         elif backend == "ort":
             targets.append(_ort_target(path, device, threads, input_size))
@@ -206,14 +215,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
             targets.append(_trt_target(path, input_size))
     if not targets:
         raise UserError(f"no MODEL matches --backend {backends}; see `augkd-edge bench run --help`.")
-
-    split = None
-    if eval_source is not None:
-        from augkd_edge.rundir import load_student, split_arrays
-
-        _, meta = load_student(eval_source)
-        images, labels = split_arrays(meta, eval_split)
-        split = latency.EvalSplit(eval_split, images[:eval_limit], labels[:eval_limit])
+    split = _eval_split(eval_source, eval_split, eval_limit) if eval_source is not None else None
 
     rows = latency.run_grid(
         targets, batch_list, budget, eval_split=split,
