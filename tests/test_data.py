@@ -212,6 +212,18 @@ def test_changed_folder_is_read_again(tmp_path):
     assert len(load_domain(str(tmp_path / "d"))) == 3
 
 
+def test_relative_folder_paths_follow_the_working_directory(tmp_path, monkeypatch):
+    _tiny_folder(tmp_path / "one" / "data", ["a", "b"])
+    _tiny_folder(tmp_path / "two" / "data", ["c", "d", "e"])
+    monkeypatch.chdir(tmp_path / "one")
+    assert load_domain("data").classes == ["a", "b"]
+    monkeypatch.chdir(tmp_path / "two")
+    second = load_domain("data")
+    assert second.classes == ["c", "d", "e"] and second.name == "data"
+    with pytest.raises(UserError, match="on_bad_file"):
+        load_domain("data", on_bad_file="ignore")
+
+
 # ---------------------------------------------------------------- unions and class checks
 
 def _tiny_folder(root: Path, classes: list[str], per_class: int = 2, colour: int = 0) -> str:

@@ -34,12 +34,13 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator | None = None
     (i, j) of image b reads padded pixel (i + dy[b], j' + dx[b]), with
     j' = W - 1 - j when b is flipped. Random numbers are drawn from
     ``generator`` (on its own device) so a seeded generator repeats a batch
-    exactly, then moved to ``x``'s device.
+    exactly, then moved to ``x``'s device; without one, from the global RNG
+    of ``x``'s device.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     b, _, h, w = x.shape
-    gen_device = generator.device if generator is not None else torch.device("cpu")
+    gen_device = generator.device if generator is not None else x.device
     shifts = torch.randint(0, 2 * PADDING + 1, (2, b), generator=generator, device=gen_device).to(x.device)
     rows = shifts[0, :, None] + torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device).expand(b, w)

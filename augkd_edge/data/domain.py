@@ -9,9 +9,9 @@ Specs (the CLI's ``--data`` / ``--student-data`` values):
   paper's teacher domain is e.g. ``amazon+webcam``). A path that exists is
   always read as one folder, even if its name contains ``+``.
 
-Loaded domains are cached per process, keyed by (spec, input size, bad-file
-policy) and, for folders, the names, sizes and modification times of their
-files, so a pipeline that loads the same domain in several stages decodes it
+Loaded domains are cached per process, keyed by (spec or resolved folder path,
+input size, bad-file policy) and, for folders, the names, sizes and
+modification times of their files, so a pipeline that loads the same domain in several stages decodes it
 once and a changed folder is read again. The tensors of a cached domain are
 shared: treat them as read-only (digits images are an ``expand`` view and
 refuse in-place writes; index or ``.clone()`` first).
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from augkd_edge.data.digits import DIGIT_CLASSES, PREFIX, load_digits_source
+from augkd_edge.data.folder import BAD_FILE_POLICIES, load_image_folder
 from augkd_edge.errors import UserError
 
 KIND_DIGITS = "digits"
@@ -54,20 +56,21 @@ def load_domain(spec: str, input_size: int = 32, *, on_bad_file: str = "skip") -
         raise UserError("empty domain spec; give e.g. digits:mnist or a folder path.")
     if input_size < 8:
         raise UserError(f"input size {input_size} is too small; use 8 or more (the paper uses 32).")
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise UserError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}.")
     parts = [p.strip() for p in spec.split("+")]
     if len(parts) > 1 and not Path(spec).expanduser().exists():
         return _union(spec, [load_domain(p, input_size, on_bad_file=on_bad_file) for p in parts])
-    return dataclasses.replace(_load_cached(spec, input_size, on_bad_file, _fingerprint(spec)))
+    key = spec if spec.startswith(PREFIX) else str(Path(spec).expanduser().resolve())
+    cached = _load_cached(key, input_size, on_bad_file, _fingerprint(key))
+    files = None if cached.files is None else list(cached.files)
+    return dataclasses.replace(cached, name=spec, classes=list(cached.classes), files=files)
 
 
-def _fingerprint(spec: str) -> tuple:
+def _fingerprint(key: str) -> tuple:
     """What must not change for a cached folder domain to stay valid (empty for built-ins)."""
-    from augkd_edge.data.digits import PREFIX
-
-    if spec.startswith(PREFIX):
-        return ()
-    root = Path(spec).expanduser()
-    if not root.is_dir():
+    root = Path(key)
+    if key.startswith(PREFIX) or not root.is_dir():
         return ()
     entries = []
     for folder, dirs, files in os.walk(root):
@@ -82,15 +85,13 @@ def _fingerprint(spec: str) -> tuple:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(spec: str, input_size: int, on_bad_file: str, fingerprint: tuple) -> Domain:
-    from augkd_edge.data.digits import DIGIT_CLASSES, PREFIX, load_digits_source
-    from augkd_edge.data.folder import load_image_folder
-
-    if spec.startswith(PREFIX):
-        images, labels = load_digits_source(spec, input_size)
-        return Domain(spec, images, labels, list(DIGIT_CLASSES), KIND_DIGITS, None)
-    images, labels, classes, files = load_image_folder(Path(spec).expanduser(), input_size, on_bad_file)
-    return Domain(spec, images, labels, classes, KIND_NATURAL, files)
+def _load_cached(key: str, input_size: int, on_bad_file: str, fingerprint: tuple) -> Domain:
+    """One source, keyed by its spec (built-ins) or resolved path (folders), so ``cd`` cannot alias."""
+    if key.startswith(PREFIX):
+        images, labels = load_digits_source(key, input_size)
+        return Domain(key, images, labels, list(DIGIT_CLASSES), KIND_DIGITS, None)
+    images, labels, classes, files = load_image_folder(Path(key), input_size, on_bad_file)
+    return Domain(key, images, labels, classes, KIND_NATURAL, files)
 
 
 def class_differences(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:

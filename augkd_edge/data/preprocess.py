@@ -21,9 +21,12 @@ both go through the same steps, and what is left is the data's own shift:
 The choices were made by a quick check (logistic regression on the 64 values,
 trained on MNIST 5k, accuracy on all 1,797 optdigits images): naive area
 resize 28->8: 0.27; crop + stretch both axes (aspect lost): 0.54; crop +
-aspect kept: 0.65; crop + aspect kept + binarise at 0.2: 0.73 (chosen; 0.1:
+aspect kept: 0.65; crop + aspect kept + binarise at 0.2: 0.72 (chosen; 0.1:
 0.72, 0.3: 0.71, 0.5: 0.66). Stretching both axes turns a "1" into a block,
-while optdigits' "1" stays a thick bar, hence aspect kept.
+while optdigits' "1" stays a thick bar, hence aspect kept. With the chosen
+preprocessing a small CNN (95k parameters, 15 epochs on 80% of MNIST 5k at
+16x16 with :func:`~augkd_edge.data.augment.augment`) reached 0.918 on the
+held-out MNIST images and 0.761 on optdigits: the shift the benchmark is about.
 
 optdigits is already step 1-3 done by its authors, so it only has its range
 0-16 brought to [0, 1] before step 4. Everything is batched tensor code
