@@ -159,6 +159,16 @@ def test_folder_converts_every_mode_and_skips_bad_files_with_a_warning(tmp_path)
     assert d.images.min() >= 0 and d.images.max() <= 1
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, 20:] = 255  # stored: left half black, right half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the left half ends up on top
+    _write(tmp_path / "d" / "a" / "phone.jpg", Image.fromarray(pixels), quality=95, exif=exif)
+    image = load_domain(str(tmp_path / "d"), input_size=16).images[0]
+    assert image[:, :6].mean() < 0.1 and image[:, 10:].mean() > 0.9
+
+
 def test_folder_error_policy_names_the_bad_file(tmp_path):
     files = _messy_folder(tmp_path / "office")
     with pytest.raises(UserError, match="truncated.jpg|notes.txt") as info:

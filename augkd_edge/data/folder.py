@@ -33,11 +33,15 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from augkd_edge.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 BAD_FILE_POLICIES = ("skip", "error")
 
@@ -84,7 +88,7 @@ def scan_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
     return [d.name for d in class_dirs], files
 
 
-def _to_rgb(image: "Image.Image") -> "Image.Image":  # noqa: F821 - PIL imported lazily
+def _to_rgb(image: "Image.Image") -> "Image.Image":
     """Any Pillow mode -> 8-bit RGB, with transparency composited onto white."""
     from PIL import Image
 
