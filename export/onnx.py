@@ -156,11 +156,13 @@ def check_onnx(path: str | Path, expected_opset: int | None = None) -> OnnxExpor
         raise UserError(f"{path}: over 2 GiB; a student this large is not an edge model.")
     try:
         model = onnx.load(str(path), load_external_data=False)
+        if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+            raise UserError(f"{path}: weights are stored in an external-data file; expected one self-contained file.")
         onnx.checker.check_model(model, full_check=True)
+    except UserError:
+        raise
     except Exception as exc:  # onnx raises ValidationError, DecodeError, InferenceError...
         raise UserError(f"{path}: not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from exc
-    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
-        raise UserError(f"{path}: weights are stored in an external-data file; expected one self-contained file.")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if expected_opset is not None and opset != expected_opset:
         raise UserError(f"{path}: the exporter produced opset {opset}, not the requested {expected_opset}.")
