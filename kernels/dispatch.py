@@ -185,6 +185,12 @@ def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+# Tiles hold 2048 (row reductions, many live fp32 arrays) to 4096 (elementwise) elements:
+# 8 warps keep that at 8-16 values per thread, clear of register spills. A reasoned
+# default, not yet tuned on a GPU (none was lent while these were written).
+NUM_WARPS = 8
+
+
 def tile(rows: int, cols: int, max_cols: int = 1024, elements: int = 4096) -> tuple[int, int]:
     """Block sizes (rows per program, columns per step) for a row-wise kernel.
 

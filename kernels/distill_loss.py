@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dispatch import bind_triton, device_guard, tile, triton_kernels, use_triton
+from .dispatch import NUM_WARPS, bind_triton, device_guard, tile, triton_kernels, use_triton
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -160,14 +160,15 @@ class _DistillLoss(torch.autograd.Function):
         grad = torch.empty((n_rows, n_cols), dtype=s.dtype, device=s.device) if compute_grad else loss
         u_per_row = isinstance(u, torch.Tensor)
         u_t = u.detach().reshape(-1) if u_per_row else loss  # loss: a placeholder pointer, never read
-        block_r, block_c = tile(n_rows, n_cols)
+        block_r, block_c = tile(n_rows, n_cols, elements=2048)
         grid = ((n_rows + block_r - 1) // block_r,)
         with device_guard(s):
             kernel[grid](
                 s, t, y, u_t, loss, grad, n_rows, n_cols, s.stride(0), t.stride(0),
                 u_t.stride(0) if u_per_row and u_t.numel() > 1 else 0,
                 0.0 if u_per_row else float(u), tau, 1.0 / n_rows if reduction == "mean" else 1.0,
-                U_PER_ROW=u_per_row, COMPUTE_GRAD=compute_grad, BLOCK_R=block_r, BLOCK_C=block_c,
+                U_PER_ROW=u_per_row, COMPUTE_GRAD=compute_grad,
+                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
             )
         if compute_grad:
             ctx.save_for_backward(grad)

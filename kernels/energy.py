@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .dispatch import bind_triton, device_guard, tile, triton_kernels, use_triton
+from .dispatch import NUM_WARPS, bind_triton, device_guard, tile, triton_kernels, use_triton
 
 
 def energy_score_reference(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -74,7 +74,7 @@ def _kernels() -> tuple[Any, Any]:
 
 def _launch_shape(logits: torch.Tensor) -> tuple[tuple[int], int, int]:
     n_rows, n_cols = logits.shape
-    block_r, block_c = tile(n_rows, n_cols)
+    block_r, block_c = tile(n_rows, n_cols, elements=2048)
     return ((n_rows + block_r - 1) // block_r,), block_r, block_c
 
 
@@ -87,7 +87,10 @@ class _Energy(torch.autograd.Function):
         lse = torch.empty_like(energy)
         grid, block_r, block_c = _launch_shape(logits)
         with device_guard(logits):
-            fwd[grid](logits, energy, lse, n_rows, n_cols, logits.stride(0), tau, BLOCK_R=block_r, BLOCK_C=block_c)
+            fwd[grid](
+                logits, energy, lse, n_rows, n_cols, logits.stride(0), tau,
+                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
+            )
         ctx.save_for_backward(logits, lse)
         ctx.tau = tau
         return energy
@@ -102,7 +105,7 @@ class _Energy(torch.autograd.Function):
         with device_guard(logits):
             bwd[grid](
                 logits, lse, grad.contiguous(), dx, n_rows, n_cols, logits.stride(0), ctx.tau,
-                BLOCK_R=block_r, BLOCK_C=block_c,
+                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
             )
         return dx, None
 

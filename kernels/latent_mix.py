@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .dispatch import bind_triton, device_guard, tile, triton_kernels, use_triton
+from .dispatch import NUM_WARPS, bind_triton, device_guard, tile, triton_kernels, use_triton
 
 
 def latent_mix_reference(
@@ -106,7 +106,7 @@ class _LatentMix(torch.autograd.Function):
             fwd[grid](
                 z, psi, m_full, z_a, z_m, n_rows, n_cols,
                 *z.stride(), *psi.stride(), *m_full.stride(), float(f),
-                BLOCK_R=block_r, BLOCK_C=block_c,
+                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
             )
         ctx.save_for_backward(z, psi, m)
         ctx.f = float(f)
@@ -138,7 +138,7 @@ class _LatentMix(torch.autograd.Function):
                 n_rows, n_cols, *z.stride(), *psi.stride(), *m_full.stride(), ctx.f,
                 HAS_GA=g_a is not None, HAS_GM=g_m is not None,
                 NEED_DZ=need_z, NEED_DPSI=need_psi, NEED_DM=need_m,
-                BLOCK_R=block_r, BLOCK_C=block_c,
+                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
             )
         if dm is not None and dm.shape != m.shape:
             dm = dm.sum_to_size(m.shape)  # m was broadcast over the batch (a per-class mask row)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .dispatch import bind_triton, device_guard, tile, triton_kernels, use_triton
+from .dispatch import NUM_WARPS, bind_triton, device_guard, tile, triton_kernels, use_triton
 
 
 @functools.lru_cache(maxsize=32)
@@ -125,6 +125,6 @@ def mix_normalize(
     with device_guard(x):
         _kernels()[grid](
             x, g, out, mean_t, std_t, n_planes, channels, plane, x.numel(), float(f),
-            BLOCK_R=block_r, BLOCK_C=block_c,
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
         )
     return out
