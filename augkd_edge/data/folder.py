@@ -17,8 +17,9 @@ hidden files / folders (``.x``)     ignored (``.DS_Store``, ``.ipynb_checkpoints
 files directly in ``root``          ignored (a README next to the class folders is fine)
 unreadable, truncated, non-image    ``on_bad_file="skip"`` (default): skipped, one warning per file
                                     naming it and why; ``"error"``: UserError naming the file
-image over PIL's pixel limit        same as unreadable (decompression-bomb guard,
-                                    ``PIL.Image.MAX_IMAGE_PIXELS``)
+image over 2x Pillow's pixel limit  same as unreadable (Pillow's decompression-bomb error; the
+                                    limit is ``PIL.Image.MAX_IMAGE_PIXELS``, about 89 MP; between 1x
+                                    and 2x Pillow only warns and the image is used)
 empty class folder                  UserError naming the folder (also when all its files were bad)
 missing root, or no class folders   UserError naming the path
 ==================================  =================================================================
@@ -117,21 +118,15 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-                raise _BadImage(f"{width}x{height} pixels is over Pillow's decompression-bomb limit "
-                                f"({Image.MAX_IMAGE_PIXELS}); shrink the image")
             image.draft("RGB", (size * 2, size * 2))
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
-    except _BadImage:
-        raise
     except UnidentifiedImageError:
         raise _BadImage("not an image file Pillow can read") from None
     except Image.DecompressionBombError as exc:
-        raise _BadImage(f"over Pillow's decompression-bomb limit ({exc})") from None
+        raise _BadImage(f"too large, refused by Pillow's decompression-bomb guard ({exc}); shrink the image") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise _BadImage(f"unreadable or truncated image ({exc})") from None
 
