@@ -136,3 +136,143 @@ def write_json(obj: Any, path: str | Path) -> Path:
     from augkd_edge.checkpoint import write_text_atomic
 
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
+def _one_per_class(labels: "torch.Tensor", per_class: int = 1) -> "torch.Tensor":
+    import torch
+
+    picks = [torch.nonzero(labels == c).flatten()[:per_class] for c in torch.unique(labels)]
+    return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+
+
+def generated_views(
+    train_x: "torch.Tensor",
+    train_y: "torch.Tensor",
+    *,
+    generator: Any,
+    encoder: Any,
+    anchor: Any,
+    latent_dim: int,
+    factors: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0),
+) -> dict[str, "torch.Tensor"]:
+    """The pictures of Modules 1-3, computed with the trained (frozen) nets.
+
+    - ``generator``: G(z) for a fixed noise batch;
+    - ``anchors``: per class, a student image, its reconstruction G(E(x, y)) and its anchor G(A(E(x, y), y));
+    - ``mixup``: per class, the Module 3 training image x_m at each stage factor f.
+    """
+    import torch
+
+    from augkd_edge.kernels import latent_mix
+
+    out: dict[str, torch.Tensor] = {}
+    if generator is None:
+        return out
+    device = next(generator.parameters()).device
+    generator.eval()
+    with torch.no_grad():
+        z = torch.randn(40, latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
+        out["generator"] = generator(z).cpu()
+        if encoder is None:
+            return out
+        encoder.eval()
+        idx = _one_per_class(train_y)
+        x, y = train_x[idx].to(device), train_y[idx].to(device)
+        _, mu, _ = encoder(x, y)
+        rows = [x, generator(mu)]
+        if anchor is not None:
+            anchor.eval()
+            psi, m = anchor.components(mu, y)
+            z_a, _ = latent_mix(mu, psi, m, 0.0)
+            rows.append(generator(z_a))
+        out["anchors"] = torch.cat(rows).cpu()
+        columns = []
+        for f in factors:
+            if anchor is not None:
+                _, z_m = latent_mix(mu, psi, m, f)
+            else:
+                z_m = mu
+            columns.append((1 - f) * generator(z_m) + f * x)
+        # one row per class, one column per f
+        out["mixup"] = torch.stack(columns, dim=1).flatten(0, 1).cpu()
+    return out
+
+
+def write_run_report(
+    out_dir: str | Path,
+    results: dict[str, Any],
+    history: dict[str, list[dict[str, float]]],
+    classes: Sequence[str],
+    train_x: "torch.Tensor",
+    train_y: "torch.Tensor",
+    *,
+    generator: Any,
+    encoder: Any,
+    anchor: Any,
+    cfg: Any,
+) -> Path:
+    """report.md with the accuracy table, pictures, curves and the teacher-energy view."""
+    from augkd_edge.checkpoint import write_text_atomic
+
+    out_dir = Path(out_dir)
+    img = out_dir / "images"
+    img.mkdir(parents=True, exist_ok=True)
+    factors = (0.2, 0.4, 0.6, 0.8, 1.0)
+    views = generated_views(train_x, train_y, generator=generator, encoder=encoder, anchor=anchor,
+                            latent_dim=cfg.data_free.latent_dim, factors=factors)
+    t = results["teacher"]
+    lines = [
+        f"# augkd-edge distill: `{results['method']}`, seed {results['seed']}",
+        "",
+        f"Teacher `{results['teacher_arch']}` ({results['teacher_file'] or results['teacher_data']}) -> student "
+        f"`{results['student_arch']}` on `{results['student_data']}` with {cfg.shots} labelled images per class "
+        f"(splits: " + ", ".join(f"{k} {v}" for k, v in results["split_sizes"].items()) + f"), preset `{cfg.preset}`, "
+        f"device {results['device']}.",
+        "",
+        *accuracy_table([
+            ("teacher on its own domain (eval split)", t["own_eval"]),
+            ("teacher on the student domain (test split)", t["student_test"]),
+            (f"student `{results['method']}` on the student domain (eval split)", results["eval"]),
+            (f"**student `{results['method']}` on the student domain (test split)**", results["test"]),
+        ]),
+        "",
+        "Both networks start from scratch (no ImageNet weights are reachable offline); with a pretrained teacher "
+        "the teacher rows, and so what distillation can add, would be higher.",
+        "",
+        "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_wall_s"].items()) + ".",
+        "",
+    ]
+    if "generator" in views:
+        save_grid(views["generator"], img / "generator.png", nrow=10)
+        lines += ["## Module 1: what the generator draws for the teacher", "", "![generator](images/generator.png)", ""]
+    if "anchors" in views:
+        save_grid(views["anchors"], img / "anchors.png", nrow=len(views["anchors"]) // (3 if anchor is not None else 2))
+        lines += [
+            "## Module 2: student images and their anchors",
+            "",
+            "Rows: student-domain image x (one per class); its reconstruction G(E(x, y)); "
+            + ("its anchor G(A(E(x, y), y)) in the teacher's domain." if anchor is not None else "(no AnchorNet in this method)."),
+            "",
+            "![anchors](images/anchors.png)",
+            "",
+        ]
+    if "mixup" in views and results["method"] in ("augkd", "no-anchor"):
+        save_grid(views["mixup"], img / "mixup.png", nrow=len(factors))
+        lines += [
+            "## Module 3: the curriculum",
+            "",
+            "One row per class; columns are the stage factor f = " + ", ".join(str(f) for f in factors)
+            + " (f = 1 is the real image): x_m = (1 - f) G((1 - f) z_a + f z) + f x.",
+            "",
+            "![mixup](images/mixup.png)",
+            "",
+        ]
+    if plot_curves(history, img / "curves.png") is not None:
+        lines += ["## Curves", "", "![curves](images/curves.png)", ""]
+    unc_path = out_dir / "uncertainty.json"
+    if unc_path.exists():
+        unc = json.loads(unc_path.read_text())["samples"]
+        summary = energy_summary([s["energy"] for s in unc], [s["label"] for s in unc],
+                                 [s["teacher_pred"] for s in unc], classes)
+        lines += energy_markdown(summary)
+    return write_text_atomic("\n".join(lines) + "\n", out_dir / "report.md")

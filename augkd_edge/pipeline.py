@@ -1,0 +1,346 @@
+"""teacher -> Module 1 -> Module 2 -> Module 3 (or a baseline) in one run folder.
+
+Run folder::
+
+    config.json      the DistillConfig (a resume with another config is refused)
+    splits.json      student-domain train/eval/test indices (+ the teacher's)
+    metrics.jsonl    one line per stage epoch (engine.MetricsLog)
+    ckpt/            one engine checkpoint per stage: data_free, anchor, mixup / baseline
+    student.pt       the selected student (augkd-edge model file, with data spec and splits)
+    uncertainty.json per-sample teacher energy on the student-domain training images
+    results.json     versioned results (schema below), report.md + images/
+
+Stages shared between methods (the teacher, Module 1, Module 2) depend only on
+the config parts they use, so the accuracy benchmark points several methods of
+one seed at one ``shared_dir`` and each stage is trained once.
+
+results.json, schema 1::
+
+    {"schema": 1, "method", "seed", "settings": DistillConfig, "teacher_arch",
+     "student_arch", "teacher_data", "student_data", "split_sizes": {...},
+     "stage_wall_s": {"teacher", "data_free", "anchor", "<final stage>"},
+     "eval": {"top1","top3","top5"}, "test": {...},
+     "teacher": {"own_eval": {...} | null, "student_test": {...}, "student_eval": {...}},
+     "device", "augkd_edge_version"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from augkd_edge import __version__
+from augkd_edge.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from augkd_edge.config import DistillConfig
+    from augkd_edge.data import Domain
+
+RESULTS_SCHEMA = 1
+DATA_FREE_METHODS = ("augkd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup")
+ANCHOR_METHODS = ("augkd", "no-mixup")
+# The teacher is an input of the experiment, like a downloaded one: trained
+# once with a fixed seed and shared by every student seed.
+TEACHER_SEED = 0
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
+    """Write config.json, or check it against the existing run when resuming."""
+    from augkd_edge.checkpoint import write_text_atomic
+    from augkd_edge.config import DistillConfig
+
+    cfg_path = out_dir / "config.json"
+    if cfg_path.exists():
+        if not resume:
+            raise UserError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out.")
+        old = DistillConfig.from_file(cfg_path)
+        diffs = [k for k in cfg.diff(old) if k not in ("out", "device")]
+        if diffs:
+            raise UserError(
+                f"{cfg_path}: cannot resume with a changed configuration ({', '.join(diffs)} differ); "
+                f"use the original options or another --out."
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.to_json(), cfg_path)
+
+
+def _subset(domain: "Domain", max_images: int | None, seed: int) -> "Domain":
+    """A stratified, seeded subset (the quick preset caps teacher-domain images to bound CPU time)."""
+    import numpy as np
+
+    if max_images is None or max_images >= len(domain.labels):
+        return domain
+    from augkd_edge.data import teacher_split
+
+    frac = max_images / len(domain.labels)
+    keep = np.sort(teacher_split(domain.labels, seed=seed, eval_frac=frac)["eval"])
+    return dataclasses.replace(domain, images=domain.images[keep], labels=domain.labels[keep],
+                               files=None if domain.files is None else [domain.files[i] for i in keep])
+
+
+def obtain_teacher(
+    cfg: "DistillConfig", num_classes: int, *, device: "torch.device", cache_dir: Path, progress: bool
+) -> tuple["nn.Module", dict[str, Any] | None, float]:
+    """The user's teacher file, or a teacher trained on ``teacher_data`` and cached by its config.
+
+    Returns (teacher, its own-domain eval accuracy or None, wall seconds spent).
+    """
+    from augkd_edge.models.loading import load_teacher
+
+    t0 = time.perf_counter()
+    if cfg.teacher_file:
+        teacher = load_teacher(cfg.teacher_file, cfg.teacher_arch, num_classes).to(device)
+        return teacher, None, time.perf_counter() - t0
+
+    from augkd_edge.data import load_domain
+    from augkd_edge.models.loading import load_model_file
+    from augkd_edge.teacher import TeacherSettings, train_teacher
+
+    tc = cfg.teacher
+    settings = TeacherSettings(arch=cfg.teacher_arch, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
+                               weight_decay=tc.weight_decay, seed=TEACHER_SEED, eval_frac=tc.eval_frac,
+                               input_size=cfg.input_size)
+    key = _fingerprint({"data": cfg.teacher_data, "max_images": tc.max_images, **dataclasses.asdict(settings),
+                        "format": 1})
+    tdir = cache_dir / "teachers" / f"{cfg.teacher_arch}-{key}"
+    results_path = tdir / "results.json"
+    if (tdir / "teacher.pt").exists() and results_path.exists():
+        teacher, _ = load_model_file(tdir / "teacher.pt")
+        own = json.loads(results_path.read_text())["eval"]
+        return teacher.to(device), own, time.perf_counter() - t0
+    domain = _subset(load_domain(cfg.teacher_data, cfg.input_size), tc.max_images, TEACHER_SEED)
+    if len(domain.classes) != num_classes:
+        raise UserError(
+            f"teacher data {cfg.teacher_data!r} has {len(domain.classes)} classes, the student data {num_classes}."
+        )
+    result = train_teacher(domain, settings, tdir, device=device, resume=True, progress=progress)
+    return result.model, result.eval_acc, time.perf_counter() - t0
+
+
+def _stage_ckpt(shared: Path, name: str) -> Path:
+    return shared / f"{name}.ckpt"
+
+
+def run_distill(
+    cfg: "DistillConfig",
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path,
+    shared_dir: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run ``cfg.method`` end to end; returns the results.json content."""
+    import torch
+
+    from augkd_edge.data import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        check_same_classes,
+        load_domain,
+        save_splits,
+        student_split,
+    )
+    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, select_device
+    from augkd_edge.method.common import make_augment, recompute_bn_stats, teacher_energies
+    from augkd_edge.models.zoo import build_classifier
+
+    out_dir = Path(out_dir)
+    prepare_run_dir(cfg, out_dir, resume)
+    shared = Path(shared_dir) if shared_dir is not None else out_dir / "ckpt"
+    ckpt_dir = out_dir / "ckpt"
+    device = select_device(cfg.device)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    log = MetricsLog(out_dir / "metrics.jsonl")
+    wall: dict[str, float] = {}
+
+    # ---- data and splits ------------------------------------------------
+    student_dom = load_domain(cfg.student_data, cfg.input_size)
+    if not cfg.teacher_file:
+        check_same_classes(load_domain(cfg.teacher_data, cfg.input_size), student_dom)
+    num_classes = len(student_dom.classes)
+    splits = student_split(student_dom.labels, cfg.shots, cfg.seed, cfg.eval_per_class)
+    save_splits(out_dir / "splits.json", {"student": splits})
+    idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in splits.items()}
+    x = {k: student_dom.images[i] for k, i in idx.items()}
+    y = {k: student_dom.labels[i] for k, i in idx.items()}
+    augment = make_augment(student_dom.kind)
+    echo(f"student domain {cfg.student_data}: {num_classes} classes, "
+         + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f"; device {device}")
+
+    # ---- teacher ------------------------------------------------------------
+    teacher, teacher_own, wall["teacher"] = obtain_teacher(
+        cfg, num_classes, device=device, cache_dir=Path(cache_dir), progress=progress
+    )
+    teacher.eval()
+    teacher_student = {
+        split: evaluate_classifier(teacher, x[split], y[split], mean, std) for split in ("eval", "test")
+    }
+    energy = teacher_energies(teacher, x["train"], mean, std)
+    preds = _predictions(teacher, x["train"], mean, std)
+    _write_uncertainty(out_dir, energy, y["train"], preds, splits["train"], student_dom.classes)
+    echo(f"teacher {cfg.teacher_arch}: "
+         + (f"own-domain eval top-1 {teacher_own['top1']:.4f}, " if teacher_own else "")
+         + f"student-domain test top-1 {teacher_student['test']['top1']:.4f}")
+
+    # ---- student, same init for every method of a seed -------------------
+    torch.manual_seed(cfg.seed)
+    student = build_classifier(cfg.student_arch, num_classes).to(device)
+    common = dict(mean=mean, std=std, seed=cfg.seed)
+    history: dict[str, list[dict[str, float]]] = {}
+    generator = encoder = anchor = None
+    teacher_id = cfg.teacher_file or cfg.teacher_data
+    base_fp = {"teacher": teacher_id, "teacher_arch": cfg.teacher_arch, "teacher_cfg": dataclasses.asdict(cfg.teacher),
+               "student_arch": cfg.student_arch, "seed": cfg.seed, "input_size": cfg.input_size}
+
+    def run_stage(stage: Any, epochs: int, path: Path, fp: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = fit(stage, epochs, path, log=log, resume=True, progress=progress, fingerprint=_fingerprint(fp))
+        wall[stage.name] = result.wall_s
+        history[stage.name] = result.history
+        echo(f"  {stage.name}: best epoch {result.best_epoch}/{epochs}, "
+             f"select {result.best_metrics.get('select', float('nan')):.4f} "
+             f"({time.perf_counter() - t0:.0f} s this session)")
+        return result.best_state
+
+    if cfg.method in DATA_FREE_METHODS:
+        from augkd_edge.method.data_free import DataFreeStage
+        from augkd_edge.models.generative import Encoder, Generator
+
+        dc = cfg.data_free
+        generator = Generator(dc.latent_dim, cfg.input_size).to(device)
+        encoder = Encoder(dc.latent_dim, num_classes, cfg.input_size).to(device)
+        stage = DataFreeStage(teacher, student, generator, encoder, dc, **common)
+        echo("Module 1 (data-free generator, encoder, student warm-up)")
+        best = run_stage(stage, dc.epochs, _stage_ckpt(shared, "data_free"),
+                         {**base_fp, "data_free": dataclasses.asdict(dc)})
+        generator.load_state_dict(best["generator"])
+        encoder.load_state_dict(best["encoder"])
+        student.load_state_dict(best["student"])
+
+    if cfg.method in ANCHOR_METHODS:
+        from augkd_edge.method.anchor import AnchorStage
+        from augkd_edge.models.anchornet import AnchorNet
+
+        ac = cfg.anchor
+        anchor = AnchorNet(cfg.data_free.latent_dim, num_classes, ac.alpha, ac.hidden).to(device)
+        stage = AnchorStage(teacher, generator, encoder, anchor, x["train"], y["train"], x["eval"], y["eval"], ac,
+                            augment=augment, **common)
+        echo("Module 2 (AnchorNet)")
+        best = run_stage(stage, ac.epochs, _stage_ckpt(shared, "anchor"),
+                         {**base_fp, "data_free": dataclasses.asdict(cfg.data_free), "anchor": dataclasses.asdict(ac),
+                          "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class})
+        anchor.load_state_dict(best["anchor"])
+
+    final = _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common)
+    if final is not None:
+        echo({"augkd": "Module 3 (uncertainty-guided mixup)"}.get(cfg.method, f"{cfg.method}: student training"))
+        best = run_stage(final, cfg.mixup.epochs, ckpt_dir / f"{final.name}.ckpt",
+                         {**base_fp, "cfg": cfg.to_dict()})
+        student.load_state_dict(best["student"])
+    elif cfg.mixup.recompute_bn:
+        # dfkd: the Module 1 student as is, with BN statistics measured like every other method's.
+        recompute_bn_stats(student, x["train"], mean, std)
+
+    student.eval()
+    acc = {split: evaluate_classifier(student, x[split], y[split], mean, std) for split in ("eval", "test")}
+    _save_student(out_dir / "student.pt", student, cfg, student_dom, splits)
+    results = {
+        "schema": RESULTS_SCHEMA,
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "settings": cfg.to_dict(),
+        "teacher_arch": cfg.teacher_arch,
+        "student_arch": cfg.student_arch,
+        "teacher_data": None if cfg.teacher_file else cfg.teacher_data,
+        "teacher_file": cfg.teacher_file,
+        "student_data": cfg.student_data,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "stage_wall_s": {k: round(v, 2) for k, v in wall.items()},
+        "eval": acc["eval"],
+        "test": acc["test"],
+        "teacher": {"own_eval": teacher_own, "student_eval": teacher_student["eval"],
+                    "student_test": teacher_student["test"]},
+        "device": str(device),
+        "augkd_edge_version": __version__,
+    }
+    from augkd_edge.report import write_json
+
+    write_json(results, out_dir / "results.json")
+    from augkd_edge.report import write_run_report
+
+    write_run_report(out_dir, results, history, student_dom.classes, x["train"], y["train"],
+                     generator=generator, encoder=encoder, anchor=anchor, cfg=cfg)
+    return results
+
+
+def _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common):  # type: ignore[no-untyped-def]
+    """The student-domain stage of ``cfg.method`` (None for dfkd, which trains nothing more)."""
+    if cfg.method in ("augkd", "no-anchor", "no-mixup"):
+        from augkd_edge.method.mixup import build_mixup_stage
+
+        return build_mixup_stage(cfg.method, student, teacher, generator, encoder, x["train"], y["train"],
+                                 x["eval"], y["eval"], cfg.mixup, anchor=anchor, augment=augment, **common)
+    if cfg.method == "dfkd":
+        return None
+    from augkd_edge.method.baselines import build_baseline_stage
+
+    return build_baseline_stage(cfg.method, student, x["train"], y["train"], x["eval"], y["eval"], cfg.mixup,
+                                teacher=teacher, augment=augment, **common)
+
+
+def _predictions(model: "nn.Module", images: "torch.Tensor", mean, std) -> "torch.Tensor":  # type: ignore[no-untyped-def]
+    from augkd_edge.engine import predict_logits
+
+    return predict_logits(model, images, mean, std).argmax(dim=1).cpu()
+
+
+def _write_uncertainty(out_dir: Path, energy, labels, preds, indices, classes) -> None:  # type: ignore[no-untyped-def]
+    from augkd_edge.report import write_json
+
+    write_json(
+        {
+            "schema": 1,
+            "what": "teacher energy -logsumexp(logits) per labelled student-domain training image (low = certain)",
+            "classes": list(classes),
+            "samples": [
+                {"index": int(i), "label": int(lab), "teacher_pred": int(p), "energy": round(float(e), 5)}
+                for i, lab, p, e in zip(indices, labels.tolist(), preds.tolist(), energy.tolist())
+            ],
+        },
+        out_dir / "uncertainty.json",
+    )
+
+
+def _save_student(path: Path, student: "nn.Module", cfg: "DistillConfig", domain: "Domain", splits) -> None:  # type: ignore[no-untyped-def]
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD
+    from augkd_edge.models.loading import ModelMeta, save_model_file
+
+    meta = ModelMeta(
+        arch=cfg.student_arch,
+        num_classes=len(domain.classes),
+        class_names=list(domain.classes),
+        input_size=cfg.input_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        extra={
+            "role": "student",
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "data": cfg.student_data,
+            "splits": {k: [int(i) for i in v] for k, v in splits.items()},
+        },
+    )
+    save_model_file(path, student, meta)
