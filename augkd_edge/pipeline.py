@@ -171,7 +171,7 @@ def run_distill(
     if not cfg.teacher_file:
         check_same_classes(load_domain(cfg.teacher_data, cfg.input_size), student_dom)
     num_classes = len(student_dom.classes)
-    splits = student_split(student_dom.labels, cfg.shots, cfg.seed, cfg.eval_per_class)
+    splits = student_split(student_dom.labels, cfg.shots, cfg.seed, cfg.eval_per_class, classes=student_dom.classes)
     save_splits(out_dir / "splits.json", {"student": splits})
     idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in splits.items()}
     x = {k: student_dom.images[i] for k, i in idx.items()}

@@ -7,8 +7,6 @@ exit code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from augkd_edge import __version__
@@ -54,6 +52,3 @@ def _register() -> None:
 
 
 _register()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,105 @@
+"""End-to-end ``augkd-edge distill`` on tiny settings: every method, resume, user errors.
+
+Sizes are cut to a few steps per stage; accuracy is not checked here (see
+benchmarks/accuracy.py), only that each method runs through the real stack
+and writes what it promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from augkd_edge.cli import main
+from augkd_edge.config import METHODS
+
+TINY = [
+    "--teacher-arch", "resnet18", "--teacher-epochs", "1", "--teacher-max-images", "300",
+    "--df-epochs", "1", "--df-iters-per-epoch", "2", "--df-batch-size", "8", "--df-val-samples", "16", "--df-k", "2",
+    "--anchor-epochs", "1", "--anchor-batch-size", "32",
+    "--mixup-epochs", "2", "--mixup-batch-size", "32",
+    "--shots", "3", "--eval-per-class", "2", "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _distill(args: list[str]) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(main, ["distill", *args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / method
+    res = _distill([*TINY, "--method", method, "--cache-dir", str(cache_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == 1 and results["method"] == method
+    for split in ("eval", "test"):
+        assert 0.0 <= results[split]["top1"] <= results[split]["top3"] <= results[split]["top5"] <= 1.0
+    assert results["split_sizes"] == {"train": 30, "eval": 20, "test": 1797 - 50}
+    assert 0.0 <= results["teacher"]["student_test"]["top1"] <= 1.0
+    assert f"[{method}]" in res.output and "top-1" in res.output
+    report = (out / "report.md").read_text()
+    assert "What the teacher knows about the student domain" in report
+    if method == "augkd":
+        for name in ("generator", "anchors", "mixup", "curves"):
+            assert (out / "images" / f"{name}.png").stat().st_size > 1000
+    from augkd_edge.rundir import load_student, split_arrays
+
+    model, meta = load_student(out)
+    images, labels = split_arrays(meta, "test")
+    assert images.shape == (1747, 3, 32, 32) and meta.extra["method"] == method
+
+
+def test_resume_refuses_changed_config_and_existing_run(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "run"
+    assert _distill([*TINY, "--method", "no-kd", "--cache-dir", str(cache_dir), "--out", str(out)]).exit_code == 0
+    res = CliRunner().invoke(main, ["distill", *TINY, "--method", "no-kd", "--cache-dir", str(cache_dir),
+                                    "--out", str(out)])
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    res = CliRunner().invoke(main, ["distill", *TINY, "--method", "no-kd", "--mixup-tau", "3", "--cache-dir",
+                                    str(cache_dir), "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and "mixup.tau" in res.output
+
+
+def test_bad_target_is_one_line_exit_2(tmp_path: Path, cache_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "augkd_edge.cli", "distill", "--target", str(tmp_path / "missing"), "--cache-dir",
+         str(cache_dir), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and str(tmp_path / "missing") in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_kill_during_module_1_then_resume(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "augkd_edge.cli", "distill", *TINY, "--df-epochs", "4", "--cache-dir",
+            str(cache_dir), "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "ckpt" / "data_free.ckpt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run ended before Module 1 wrote a checkpoint"
+    res = _distill([*TINY, "--df-epochs", "4", "--cache-dir", str(cache_dir), "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    epochs = [r["epoch"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["stage"] == "data_free"]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 4, f"Module 1 epochs redone or lost: {epochs}"
+    assert json.loads((out / "results.json").read_text())["method"] == "augkd"
