@@ -1,0 +1,206 @@
+"""Accuracy benchmark: methods x seeds x settings, with shared stages computed once.
+
+    python benchmarks/accuracy.py                       # all methods, seeds 0-4, MNIST -> optdigits, quick preset
+    python benchmarks/accuracy.py --seeds 0,1 --methods augkd,kd --set mixup.epochs=40
+
+Per (setting, seed) the teacher (cached by config), Module 1 (shared by augkd,
+dfkd, dfkd-finetune, no-anchor, no-mixup) and Module 2 (augkd, no-mixup) are
+trained once and reused through the pipeline's ``shared_dir``. Every method of
+a seed starts from the same student initialisation and uses the same splits.
+Selection is on the eval split only; the test split is reported.
+
+Writes ``<out>/accuracy.json`` (schema below) and ``<out>/accuracy.md`` with
+the exact command. Interrupted? Run the same command again: finished runs are
+skipped and unfinished ones resume from their checkpoints.
+
+accuracy.json, schema 1::
+
+    {"schema": 1, "command": str, "preset": str, "wall_s": float,
+     "settings": [{"name": "mnist->optdigits", "config": {...overrides...},
+                   "methods": {"augkd": {"top1_mean", "top1_std", "top3_mean", "top3_std", "top5_mean",
+                                         "top5_std", "eval_top1_mean", "n_seeds",
+                                         "per_seed": [{"seed", "top1", "top3", "top5", "eval_top1", "wall_s"}]},
+                               ...},
+                   "teacher": {"top1_on_student_test": mean over seeds, "own_eval_top1": float | null}}]}
+
+Std is the sample standard deviation (ddof = 1) over seeds; 0 for one seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from augkd_edge.config import METHODS, DistillConfig
+from augkd_edge.pipeline import run_distill
+from augkd_edge.report import write_json
+
+DEFAULT_SETTINGS = {
+    "mnist->optdigits": {"teacher_data": "digits:mnist", "student_data": "digits:optdigits", "shots": 10},
+}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``section.key=value`` strings -> nested dict for DistillConfig.from_dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. mixup.tau=4")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _parse_value(value)
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(per_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    methods = {}
+    for method, rows in per_method.items():
+        entry: dict[str, Any] = {"n_seeds": len(rows), "per_seed": rows}
+        for key in ("top1", "top3", "top5", "eval_top1"):
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _stats([r[key] for r in rows])
+        methods[method] = entry
+    return methods
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Accuracy benchmark",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Preset `{result['preset']}`, total wall time {result['wall_s'] / 60:.1f} min on {result['machine']}. "
+        "Top-k on the student-domain test split, mean +- sample std over seeds; checkpoints selected on the "
+        "eval split only.",
+        "",
+    ]
+    for setting in result["settings"]:
+        t = setting["teacher"]
+        lines += [
+            f"## {setting['name']}",
+            "",
+            f"Overrides: `{json.dumps(setting['config'])}`",
+            "",
+            "| method | top-1 | top-3 | top-5 | eval top-1 | seeds | mean wall (s) |",
+            "|---|---|---|---|---|---:|---:|",
+        ]
+        ranked = sorted(setting["methods"].items(), key=lambda kv: -kv[1]["top1_mean"])
+        for method, m in ranked:
+            wall = sum(r["wall_s"] for r in m["per_seed"]) / max(len(m["per_seed"]), 1)
+            lines.append(
+                f"| {method} | {m['top1_mean']:.4f} +- {m['top1_std']:.4f} | {m['top3_mean']:.4f} +- "
+                f"{m['top3_std']:.4f} | {m['top5_mean']:.4f} +- {m['top5_std']:.4f} | {m['eval_top1_mean']:.4f} | "
+                f"{m['n_seeds']} | {wall:.0f} |"
+            )
+        own = t["own_eval_top1"]
+        lines += [
+            f"| *teacher* | {t['top1_on_student_test']:.4f} | | | | | |",
+            "",
+            f"Teacher top-1 on its own domain (eval split): {own:.4f}." if own is not None else "",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    parser.add_argument("--settings", default="mnist->optdigits",
+                        help=f"comma-separated names from {sorted(DEFAULT_SETTINGS)} or a JSON file "
+                             "{name: {config overrides}}")
+    parser.add_argument("--preset", default="quick", choices=["quick", "paper"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for every run, e.g. mixup.epochs=40 (repeatable)")
+    parser.add_argument("--work", default="runs/accuracy", help="folder for the individual runs")
+    parser.add_argument("--cache-dir", default=str(Path("~/.cache/augkd-edge").expanduser()))
+    parser.add_argument("--out", default="benchmarks/results", help="where accuracy.json/.md go")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if Path(args.settings).is_file():
+        settings = json.loads(Path(args.settings).read_text())
+    else:
+        settings = {name: DEFAULT_SETTINGS[name] for name in args.settings.split(",")}
+    extra = _overrides(args.overrides)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"schema": 1, "command": command, "preset": args.preset,
+                              "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+                              "settings": []}
+    for name, setting in settings.items():
+        overrides = _merge(setting, extra)
+        per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+        teacher_test, teacher_own = [], None
+        for seed in seeds:
+            base = Path(args.work) / name.replace(">", "") / f"seed{seed}"
+            for method in methods:
+                cfg = DistillConfig.from_dict(
+                    _merge(overrides, {"preset": args.preset, "method": method, "seed": seed, "device": args.device})
+                )
+                out = base / method
+                if (out / "results.json").exists():
+                    res = json.loads((out / "results.json").read_text())
+                else:
+                    print(f"[{name}] seed {seed} {method}", flush=True)
+                    cfg.out = str(out)
+                    res = run_distill(cfg, out, resume=True, cache_dir=Path(args.cache_dir),
+                                      shared_dir=base / "shared", progress=sys.stderr.isatty())
+                per_method[method].append({
+                    "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
+                    "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
+                })
+                teacher_own = (res["teacher"]["own_eval"] or {}).get("top1", teacher_own)
+            teacher_test.append(res["teacher"]["student_test"]["top1"])
+        result["settings"].append({
+            "name": name,
+            "config": overrides,
+            "methods": summarise(per_method),
+            "teacher": {"top1_on_student_test": sum(teacher_test) / len(teacher_test), "own_eval_top1": teacher_own},
+        })
+        result["wall_s"] = time.perf_counter() - t0
+        out_dir = Path(args.out)
+        write_json(result, out_dir / "accuracy.json")
+        (out_dir / "accuracy.md").write_text(markdown(result))
+    print((Path(args.out) / "accuracy.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
