@@ -220,8 +220,8 @@ def run_distill(
         from augkd_edge.models.generative import Encoder, Generator
 
         dc = cfg.data_free
-        generator = Generator(dc.latent_dim, cfg.input_size).to(device)
-        encoder = Encoder(dc.latent_dim, num_classes, cfg.input_size).to(device)
+        generator = Generator(dc.latent_dim, cfg.input_size, width=dc.gen_width).to(device)
+        encoder = Encoder(dc.latent_dim, num_classes, cfg.input_size, width=dc.gen_width).to(device)
         stage = DataFreeStage(teacher, student, generator, encoder, dc, **common)
         echo("Module 1 (data-free generator, encoder, student warm-up)")
         best = run_stage(stage, dc.epochs, _stage_ckpt(shared, "data_free"),

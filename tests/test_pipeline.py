@@ -103,3 +103,14 @@ def test_kill_during_module_1_then_resume(tmp_path: Path, cache_dir: Path) -> No
               if r["stage"] == "data_free"]
     assert epochs == sorted(set(epochs)) and epochs[-1] == 4, f"Module 1 epochs redone or lost: {epochs}"
     assert json.loads((out / "results.json").read_text())["method"] == "augkd"
+
+
+def test_every_hyperparameter_is_a_documented_flag() -> None:
+    import dataclasses
+
+    from augkd_edge.cli.distill import HELP, SECTIONS
+
+    fields = {f"{section}.{f.name}" for section, cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    assert fields == set(HELP), f"undocumented: {fields - set(HELP)}; stale: {set(HELP) - fields}"
+    res = CliRunner().invoke(main, ["distill", "--help"])
+    assert "--mixup-tau" in res.output and "--df-lr-g" in res.output and "--anchor-lambda-ce" in res.output

@@ -27,6 +27,7 @@ HELP = {
     "teacher.eval_frac": "Fraction of the teacher domain held out for teacher selection.",
     "teacher.max_images": "Cap on teacher-domain images (stratified subset); 0 = all.",
     "data_free.latent_dim": "Latent size L of generator, encoder and AnchorNet.",
+    "data_free.gen_width": "Width of the generator and encoder (DCGAN's ngf); cost grows with its square.",
     "data_free.epochs": "Module 1 epochs.",
     "data_free.iters_per_epoch": "Module 1 iterations per epoch (1 generator + k student/encoder steps each).",
     "data_free.batch_size": "Generated images per Module 1 step.",
@@ -73,11 +74,11 @@ def _hyperparameter_options(func: Any) -> Any:
             default = getattr(defaults, f.name)
             if isinstance(default, bool):
                 option = click.option(f"{_flag(prefix, f.name)}/{_flag(prefix, 'no-' + f.name)}", key.replace(".", "__"),
-                                      default=None, help=f"{HELP[key]} [quick: {default}]")
+                                      default=None, help=f"{HELP.get(key, key)} [quick: {default}]")
             else:
                 typ = {int: int, float: float, str: str}.get(type(default), int)
                 option = click.option(_flag(prefix, f.name), key.replace(".", "__"), type=typ, default=None,
-                                      help=f"{HELP[key]} [quick: {default}]")
+                                      help=f"{HELP.get(key, key)} [quick: {default}]")
             func = option(func)
     return func
 
