@@ -62,7 +62,7 @@ def _forward_kernel(
     s_ptr, t_ptr, y_ptr, u_ptr, loss_ptr, grad_ptr,
     n_rows, n_cols, s_stride, t_stride, u_stride, u_value, tau, grad_scale,
     U_PER_ROW: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, N_CHUNKS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
@@ -84,8 +84,8 @@ def _forward_kernel(
     d_r = tl.zeros([BLOCK_R], dtype=tl.float32)
     gap = tl.zeros([BLOCK_R], dtype=tl.float32)  # sum_j exp(r_j - m_r) * (r_j - q_j)
     s_y = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(0, n_cols, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)[None, :]
+    for chunk in range(N_CHUNKS):
+        cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         mask = row_ok[:, None] & (cols < n_cols)
         s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
         t = tl.load(t_row + cols, mask=mask, other=0.0).to(tl.float32)
@@ -123,8 +123,8 @@ def _forward_kernel(
         g_row = grad_ptr + rows64 * n_cols
         w_ce = (u * grad_scale)[:, None]
         w_kl = ((1 - u) * tau * grad_scale)[:, None]
-        for start in range(0, n_cols, BLOCK_C):
-            cols = start + tl.arange(0, BLOCK_C)[None, :]
+        for chunk in range(N_CHUNKS):
+            cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
             mask = row_ok[:, None] & (cols < n_cols)
             s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
             t = tl.load(t_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
@@ -162,13 +162,14 @@ class _DistillLoss(torch.autograd.Function):
         u_t = u.detach().reshape(-1) if u_per_row else loss  # loss: a placeholder pointer, never read
         block_r, block_c = tile(n_rows, n_cols, elements=2048)
         grid = ((n_rows + block_r - 1) // block_r,)
+        n_chunks = (n_cols + block_c - 1) // block_c  # constexpr: see energy._launch_shape
         with device_guard(s):
             kernel[grid](
                 s, t, y, u_t, loss, grad, n_rows, n_cols, s.stride(0), t.stride(0),
                 u_t.stride(0) if u_per_row and u_t.numel() > 1 else 0,
                 0.0 if u_per_row else float(u), tau, 1.0 / n_rows if reduction == "mean" else 1.0,
                 U_PER_ROW=u_per_row, COMPUTE_GRAD=compute_grad,
-                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
+                BLOCK_R=block_r, BLOCK_C=block_c, N_CHUNKS=n_chunks, num_warps=NUM_WARPS,
             )
         if compute_grad:
             ctx.save_for_backward(grad)

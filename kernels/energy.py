@@ -28,7 +28,7 @@ triton: Any = None
 
 def _forward_kernel(
     x_ptr, energy_ptr, lse_ptr, n_rows, n_cols, stride_r, tau,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, N_CHUNKS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
@@ -36,8 +36,8 @@ def _forward_kernel(
     # A finite start keeps exp(m_old - m_new) at 1, not NaN, before the first real value.
     m = tl.full([BLOCK_R], -3.0e38, tl.float32)
     d = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(0, n_cols, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)[None, :]
+    for chunk in range(N_CHUNKS):
+        cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         mask = row_ok[:, None] & (cols < n_cols)
         x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32) / tau
         m_new = tl.maximum(m, tl.max(x, axis=1))
@@ -50,7 +50,7 @@ def _forward_kernel(
 
 def _backward_kernel(
     x_ptr, lse_ptr, g_ptr, dx_ptr, n_rows, n_cols, stride_r, tau,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, N_CHUNKS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
@@ -58,8 +58,8 @@ def _backward_kernel(
     g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     src = x_ptr + rows.to(tl.int64)[:, None] * stride_r
     dst = dx_ptr + rows.to(tl.int64)[:, None] * n_cols
-    for start in range(0, n_cols, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)[None, :]
+    for chunk in range(N_CHUNKS):
+        cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
         mask = row_ok[:, None] & (cols < n_cols)
         x = tl.load(src + cols, mask=mask, other=float("-inf")).to(tl.float32) / tau
         dx = -g * tl.exp(x - lse)
@@ -72,10 +72,16 @@ def _kernels() -> tuple[Any, Any]:
     return jit(_forward_kernel), jit(_backward_kernel)
 
 
-def _launch_shape(logits: torch.Tensor) -> tuple[tuple[int], int, int]:
+def _launch_shape(logits: torch.Tensor) -> tuple[tuple[int], int, int, int]:
+    """Grid, rows per program, columns per chunk and chunks per row.
+
+    The chunk count is a constexpr: Triton 3.6's interpreter cannot loop to a
+    runtime bound under numpy 2.x, and K is fixed per model, so it costs one
+    compilation per model.
+    """
     n_rows, n_cols = logits.shape
     block_r, block_c = tile(n_rows, n_cols, elements=2048)
-    return ((n_rows + block_r - 1) // block_r,), block_r, block_c
+    return ((n_rows + block_r - 1) // block_r,), block_r, block_c, (n_cols + block_c - 1) // block_c
 
 
 class _Energy(torch.autograd.Function):
@@ -85,11 +91,11 @@ class _Energy(torch.autograd.Function):
         n_rows, n_cols = logits.shape
         energy = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(energy)
-        grid, block_r, block_c = _launch_shape(logits)
+        grid, block_r, block_c, n_chunks = _launch_shape(logits)
         with device_guard(logits):
             fwd[grid](
                 logits, energy, lse, n_rows, n_cols, logits.stride(0), tau,
-                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
+                BLOCK_R=block_r, BLOCK_C=block_c, N_CHUNKS=n_chunks, num_warps=NUM_WARPS,
             )
         ctx.save_for_backward(logits, lse)
         ctx.tau = tau
@@ -101,11 +107,11 @@ class _Energy(torch.autograd.Function):
         logits, lse = ctx.saved_tensors
         n_rows, n_cols = logits.shape
         dx = torch.empty((n_rows, n_cols), dtype=logits.dtype, device=logits.device)
-        grid, block_r, block_c = _launch_shape(logits)
+        grid, block_r, block_c, n_chunks = _launch_shape(logits)
         with device_guard(logits):
             bwd[grid](
                 logits, lse, grad.contiguous(), dx, n_rows, n_cols, logits.stride(0), ctx.tau,
-                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=NUM_WARPS,
+                BLOCK_R=block_r, BLOCK_C=block_c, N_CHUNKS=n_chunks, num_warps=NUM_WARPS,
             )
         return dx, None
 
