@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from augkd_edge.errors import UserError
 
@@ -24,16 +24,14 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` so that ``path`` is either old or new, never partial."""
-    import torch
-
+def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None]) -> Path:
+    """Write through ``write(fh)`` into a temp file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode())
@@ -47,23 +45,16 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` so that ``path`` is either old or new, never partial."""
+    import torch
+
+    return _atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
+
+
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Same guarantee as :func:`save_atomic` for JSON / Markdown results."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return _atomic_write(path, "w", lambda fh: fh.write(text))
 
 
 def load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
