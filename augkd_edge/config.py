@@ -63,6 +63,8 @@ class DataFreeConfig:
     """
 
     latent_dim: int = 100
+    # Width of the generator / encoder (DCGAN's ngf); G's cost grows with its square.
+    gen_width: int = 64
     epochs: int = 4
     iters_per_epoch: int = 20
     batch_size: int = 64
@@ -225,7 +227,7 @@ class DistillConfig:
         need(self.teacher.max_images is None or self.teacher.max_images >= 10, "teacher.max_images",
              self.teacher.max_images, "use null (all images) or at least 10")
         _positive(self.data_free, "data_free",
-                  ("latent_dim", "epochs", "iters_per_epoch", "batch_size", "lr_g", "lr_e", "lr_s", "k",
+                  ("latent_dim", "gen_width", "epochs", "iters_per_epoch", "batch_size", "lr_g", "lr_e", "lr_s", "k",
                    "val_samples"), need)
         _positive(self.anchor, "anchor", ("epochs", "lr", "batch_size", "tau", "hidden"), need)
         need(0 < self.anchor.alpha < 1, "anchor.alpha", self.anchor.alpha, "use a value in (0, 1)")

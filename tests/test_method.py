@@ -33,7 +33,6 @@ MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 @pytest.fixture(scope="module")
 def nets():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     teacher = build_classifier("resnet18", K)
     # a few train-mode passes so the teacher's BN statistics are not the init's (0, 1)
     with torch.no_grad():
@@ -100,8 +99,8 @@ def mixup_stage(fresh, data, method: str = "augkd", **overrides) -> MixupStage:
         setattr(c.mixup, key, value)
     x, y, ex, ey = data
     return build_mixup_stage(
-        method, fresh["student"], fresh["teacher"], fresh["generator"], fresh["encoder"], fresh["anchor"],
-        x, y, ex, ey, c.mixup, mean=MEAN, std=STD, seed=0, augment=make_augment("digits"),
+        method, fresh["student"], fresh["teacher"], fresh["generator"], fresh["encoder"],
+        x, y, ex, ey, c.mixup, anchor=fresh["anchor"], mean=MEAN, std=STD, seed=0, augment=make_augment("digits"),
     )
 
 

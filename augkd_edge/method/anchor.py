@@ -25,7 +25,7 @@ from torch import nn
 from augkd_edge.config import AnchorConfig
 from augkd_edge.data import normalize
 from augkd_edge.losses import anchor_loss
-from augkd_edge.method.common import Augment, chunks, epoch_generator, freeze, labelled_batches
+from augkd_edge.method.common import Augment, channels_last_on_cpu, chunks, epoch_generator, freeze, labelled_batches
 from augkd_edge.models.anchornet import AnchorNet
 
 
@@ -57,6 +57,7 @@ class AnchorStage:
         self.mean, self.std, self.seed, self.augment = tuple(mean), tuple(std), seed, augment
         self.device = next(anchor.parameters()).device
         freeze(teacher, generator, encoder)
+        channels_last_on_cpu(self.device, generator)
         self.optimizer = torch.optim.Adam(anchor.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(cfg.epochs, 1))
 

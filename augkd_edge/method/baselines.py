@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from augkd_edge.config import MixupConfig
-from augkd_edge.method.common import Augment, StudentStage
+from augkd_edge.method.common import Augment, StudentStage, recipe
 
 BASELINE_STAGES = ("no-kd", "kd", "dfkd-finetune")
 
@@ -54,14 +54,9 @@ def build_baseline_stage(
         eval_y,
         mean=mean,
         std=std,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
         seed=seed,
         augment=augment,
         teacher=teacher if method == "kd" else None,
         u=cfg.u if method == "kd" else 1.0,
-        tau=cfg.tau,
-        recompute_bn=cfg.recompute_bn,
+        **recipe(cfg),
     )

@@ -48,6 +48,22 @@ def freeze(*modules: nn.Module | None) -> None:
             module.eval()
 
 
+def channels_last_on_cpu(device: torch.device, *modules: nn.Module | None) -> None:
+    """Store conv weights as NHWC on CPU, where oneDNN runs them faster.
+
+    Measured on the 2-core CPU (1 thread, batch 64, 32x32): generator (width
+    64) forward+backward 1.00 s -> 0.40 s, MobileNet-V3-Small training step
+    0.32 s -> 0.15 s; the ResNet-34 teacher's forward did not gain (0.18 s ->
+    0.22 s), so frozen teachers are left alone. Same math, other memory layout;
+    on GPUs the choice is left to the caller.
+    """
+    if device.type != "cpu":
+        return
+    for module in modules:
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
+
+
 @contextlib.contextmanager
 def no_param_grads(module: nn.Module) -> Iterator[None]:
     """Temporarily stop ``module``'s parameters from collecting gradients.
@@ -184,6 +200,22 @@ def classifier_metrics(
     return out
 
 
+def recipe(cfg: Any) -> dict[str, Any]:
+    """Module 3's training recipe (a ``MixupConfig``) as :class:`StudentStage` keywords.
+
+    The baselines train with the very same recipe, so their results differ
+    from AuG-KD's only by the method.
+    """
+    return {
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "tau": cfg.tau,
+        "recompute_bn": cfg.recompute_bn,
+    }
+
+
 class StudentStage:
     """Train a student on labelled student-domain images; the baselines and Module 3's base.
 
@@ -229,6 +261,7 @@ class StudentStage:
         self.recompute_bn = recompute_bn
         self.device = next(student.parameters()).device
         freeze(teacher)
+        channels_last_on_cpu(self.device, student)
         self.optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(epochs, 1))
 

@@ -36,7 +36,7 @@ from torch import nn
 from augkd_edge.config import DataFreeConfig
 from augkd_edge.data import normalize
 from augkd_edge.losses import BNStatsHook, encoder_loss, generator_loss, student_kl
-from augkd_edge.method.common import chunks, epoch_generator, freeze, no_param_grads
+from augkd_edge.method.common import channels_last_on_cpu, chunks, epoch_generator, freeze, no_param_grads
 
 _VAL_STREAM = 7  # the validation noise's own RNG stream, apart from the training epochs'
 
@@ -63,6 +63,7 @@ class DataFreeStage:
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
         self.device = next(generator.parameters()).device
         freeze(teacher)
+        channels_last_on_cpu(self.device, generator, student)
         # DCGAN practice for the generator (beta1 = 0.5): a steadier adversarial game.
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
         self.opt_e = torch.optim.Adam(encoder.parameters(), lr=cfg.lr_e)

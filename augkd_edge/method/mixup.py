@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from augkd_edge.config import MixupConfig
 from augkd_edge.losses import stage_factor
-from augkd_edge.method.common import Augment, StudentStage, freeze, teacher_energies
+from augkd_edge.method.common import Augment, StudentStage, channels_last_on_cpu, freeze, recipe, teacher_energies
 from augkd_edge.models.anchornet import AnchorNet
 
 MIXUP_METHODS = ("augkd", "no-anchor", "no-mixup")
@@ -54,13 +55,13 @@ class MixupStage(StudentStage):
         teacher: nn.Module,
         generator: nn.Module,
         encoder: nn.Module,
-        anchor: AnchorNet | None,
         train_x: torch.Tensor,
         train_y: torch.Tensor,
         eval_x: torch.Tensor,
         eval_y: torch.Tensor,
         cfg: MixupConfig,
         *,
+        anchor: AnchorNet | None,
         mean: Sequence[float],
         std: Sequence[float],
         seed: int,
@@ -77,20 +78,16 @@ class MixupStage(StudentStage):
             eval_y,
             mean=mean,
             std=std,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
             seed=seed,
             augment=augment,
             teacher=teacher,
             u=cfg.u,
-            tau=cfg.tau,
-            recompute_bn=cfg.recompute_bn,
+            **recipe(cfg),
         )
         self.generator, self.encoder, self.anchor = generator, encoder, anchor
         self.cfg, self.mixup = cfg, mixup
         freeze(generator, encoder, anchor)
+        channels_last_on_cpu(self.device, generator)
         self.energy_order: torch.Tensor | None = None
         if cfg.curriculum == "energy":
             self.energy_order = torch.argsort(teacher_energies(teacher, train_x, mean, std))
@@ -131,44 +128,19 @@ class MixupStage(StudentStage):
         return super().evaluate() | {"f": self.factor(max(self.scheduler.last_epoch - 1, 0))}
 
 
-def build_mixup_stage(
-    method: str,
-    student: nn.Module,
-    teacher: nn.Module,
-    generator: nn.Module,
-    encoder: nn.Module,
-    anchor: AnchorNet | None,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    eval_x: torch.Tensor,
-    eval_y: torch.Tensor,
-    cfg: MixupConfig,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    seed: int,
-    augment: Augment | None = None,
-) -> MixupStage:
-    """Module 3 for ``augkd``, or its ablations ``no-anchor`` (z_a = z) and ``no-mixup`` (f = 1)."""
+def build_mixup_stage(method: str, *args: Any, anchor: AnchorNet | None, **kwargs: Any) -> MixupStage:
+    """Module 3 for ``augkd``, or its ablations ``no-anchor`` (z_a = z) and ``no-mixup`` (f = 1).
+
+    ``args`` / ``kwargs``: :class:`MixupStage`'s, without ``anchor``, ``mixup`` and ``name``.
+    """
     if method not in MIXUP_METHODS:
         raise ValueError(f"{method!r} is not a Module 3 method; use one of {', '.join(MIXUP_METHODS)}")
     if method == "augkd" and anchor is None:
         raise ValueError("augkd needs the Module 2 AnchorNet")
     return MixupStage(
-        student,
-        teacher,
-        generator,
-        encoder,
-        None if method == "no-anchor" else anchor,
-        train_x,
-        train_y,
-        eval_x,
-        eval_y,
-        cfg,
-        mean=mean,
-        std=std,
-        seed=seed,
-        augment=augment,
+        *args,
+        anchor=None if method == "no-anchor" else anchor,
         mixup=method != "no-mixup",
         name="mixup" if method == "augkd" else f"mixup_{method.replace('-', '_')}",
+        **kwargs,
     )
