@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from augkd_edge.errors import UserError
+from augkd_edge.export.onnx import export_onnx
 from augkd_edge.export.runtimes import OrtRunner, Runner, TorchRunner, TrtRunner, check_images, open_runner
 
 
@@ -26,10 +27,7 @@ def tiny_onnx(tmp_path_factory):
     torch.manual_seed(0)
     model = TinyNet().eval()
     path = tmp_path_factory.mktemp("rt") / "tiny.onnx"
-    torch.onnx.export(
-        model, (torch.rand(2, 3, 16, 16),), str(path), input_names=["image"], output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18, dynamo=False,
-    )
+    export_onnx(model, path, 16, opset=17)
     return model, path
 
 

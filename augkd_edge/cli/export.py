@@ -10,6 +10,19 @@ file, impossible option); 3 a check failed (parity beyond tolerance, INT8 drop
 over --max-drop without --force, TensorRT-unsupported operators with --trt).
 ``export.json`` is written in every case where figures exist, so a failure can
 be inspected.
+
+``export.json`` (``"format": "augkd-edge/export"``, ``"version": 1``):
+``source`` (model file, its sha256, arch, classes, data spec); ``normalisation``
+(``in_graph: true``, mean, std); ``class_names``; ``opset``, ``exporter``,
+``batch`` ("dynamic" or N); ``input`` / ``output`` (name, shape, dtype);
+``operators``; ``parity`` (split, images, max_abs_diff, max_rel_diff,
+top1_agreement, atol, min_agreement, passed); ``int8`` (calibration method,
+split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
+accepted, forced); ``tensorrt`` (settings incl. profile and precision,
+op_support with the TensorRT version of the operator list and offending nodes,
+build_script, trtexec, available, and with an engine: its metadata and
+parity); ``files`` (name -> sha256, bytes, precision); ``tools`` (versions of
+augkd_edge, python, torch, onnx, onnxscript, onnxruntime, tensorrt or null).
 """
 
 from __future__ import annotations
