@@ -21,6 +21,7 @@ only fails when that runner is created, with a message saying what to install.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -122,6 +123,8 @@ class TorchRunner(_RunnerBase):
         self.precision = precision
         self.cuda_graphs = cuda_graphs
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        if precision == "fp16":  # .to() is in place: keep the caller's float32 weights intact
+            model = copy.deepcopy(model)
         self.model = model.eval().to(device=device, dtype=self._dtype)
         self._static_in: Any = None
         self._static_out: Any = None

@@ -306,6 +306,8 @@ def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_siz
         click.echo(f"note: exporting at {input_size}px; the model was trained at {meta.input_size}px", err=True)
         meta = dataclasses.replace(meta, input_size=input_size)
     test_x, test_y = split_arrays(meta, split)
+    if len(test_y) == 0:
+        raise UserError(f"{model_path}: the recorded {split} split is empty; nothing to check the export on.")
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "format": "augkd-edge/export", "version": 1,
