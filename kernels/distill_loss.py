@@ -205,6 +205,11 @@ def distill_loss(
             "distill_loss wants student and teacher logits of the same shape [B, K], got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
+    if not student_logits.device == teacher_logits.device == target.device:
+        raise ValueError(
+            f"distill_loss: student logits on {student_logits.device}, teacher logits on "
+            f"{teacher_logits.device}, targets on {target.device}; put them on one device"
+        )
     n_rows = student_logits.shape[0]
     if target.shape != (n_rows,) or target.dtype.is_floating_point:
         raise ValueError(f"distill_loss wants integer class targets of shape [{n_rows}], got {target.dtype} {tuple(target.shape)}")
@@ -212,6 +217,8 @@ def distill_loss(
         raise ValueError(f"distill_loss: u must be a float or have 1 or {n_rows} elements, got shape {tuple(u.shape)}")
     if not tau > 0:
         raise ValueError(f"distill_loss: temperature tau must be > 0, got {tau}")
+    if isinstance(u, torch.Tensor):
+        u = u.detach().to(student_logits.device)  # a kernel must never get a pointer to another device
     if student_logits.numel() and use_triton(student_logits, teacher_logits, target):
         s = student_logits if student_logits.stride(1) == 1 else student_logits.contiguous()
         t = teacher_logits.detach()

@@ -158,11 +158,13 @@ def latent_mix(
     if z.dim() != 2 or psi.shape != z.shape:
         raise ValueError(f"latent_mix wants z and psi of the same shape [B, L], got {tuple(z.shape)} and {tuple(psi.shape)}")
     try:
-        torch.broadcast_shapes(m.shape, z.shape)
+        fits = m.dim() <= 2 and torch.broadcast_shapes(m.shape, z.shape) == z.shape
     except RuntimeError:
-        raise ValueError(f"latent_mix: mask of shape {tuple(m.shape)} does not broadcast to {tuple(z.shape)}") from None
-    if m.dim() > 2 or torch.broadcast_shapes(m.shape, z.shape) != z.shape:
+        fits = False
+    if not fits:
         raise ValueError(f"latent_mix: mask of shape {tuple(m.shape)} must broadcast to {tuple(z.shape)}")
-    if use_triton(z, psi, m):
+    if not z.device == psi.device == m.device:
+        raise ValueError(f"latent_mix: z on {z.device}, psi on {psi.device}, m on {m.device}; put them on one device")
+    if z.numel() and use_triton(z, psi, m):
         return _LatentMix.apply(z, psi, m, float(f))
     return latent_mix_reference(z, psi, m, float(f))

@@ -364,3 +364,20 @@ def test_import_and_reference_path_work_without_triton() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout) > 0
+
+
+def test_bad_arguments_are_refused_before_any_kernel() -> None:
+    z = torch.randn(4, 10)
+    with pytest.raises(ValueError, match="must broadcast to"):
+        latent_mix(z, z, torch.rand(3, 10), 0.5)
+    with pytest.raises(ValueError, match="same shape"):
+        latent_mix(z, z[:, :9], torch.rand(10), 0.5)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        energy_score(z, 0.0)
+    y = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        distill_loss(z, z, y, 0.5, 2.0, "batchmean")
+    with pytest.raises(ValueError, match="integer class targets"):
+        distill_loss(z, z, y.float(), 0.5, 2.0)
+    with pytest.raises(ValueError, match="u must be a float or have 1 or 4 elements"):
+        distill_loss(z, z, y, torch.rand(3), 2.0)
