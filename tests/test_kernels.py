@@ -87,15 +87,14 @@ def _leaves(tensors: list[torch.Tensor], grad: list[bool]) -> list[torch.Tensor]
 def _both(op, tensors: list[torch.Tensor], grad: list[bool], *args, **kwargs):
     """Run ``op`` on fresh copies of ``tensors`` under each backend; backprop a random weighting of the outputs."""
     results = {}
-    gen = torch.Generator().manual_seed(0)
     for name in ("triton", "reference"):
+        gen = torch.Generator().manual_seed(0)  # the same output weights for both backends
         leaves = _leaves(tensors, grad)
         with backend(name):
             out = op(*leaves, *args, **kwargs)
         outs = out if isinstance(out, tuple) else (out,)
         if any(grad):
             weights = [torch.rand(o.shape, generator=gen).to(o.device) for o in outs]
-            gen.manual_seed(0)
             sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
         results[name] = (outs, [t.grad for t in leaves])
     return results["triton"], results["reference"]
