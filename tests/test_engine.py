@@ -114,3 +114,12 @@ def test_topk_accuracy_known_values() -> None:
     assert acc["top1"] == pytest.approx(1 / 3)
     assert acc["top3"] == pytest.approx(2 / 3)  # sample 2: label 2 is 2nd; sample 3: label 0 is 4th
     assert acc["top5"] == 1.0
+
+
+def test_stage_checkpoint_from_newer_version_is_refused(tmp_path: Path) -> None:
+    fit(ToyStage(), 1, tmp_path / "e.ckpt", progress=False)
+    ckpt = load_safe(tmp_path / "e.ckpt")
+    ckpt["version"] = 99
+    torch.save(ckpt, tmp_path / "e.ckpt")
+    with pytest.raises(UserError, match="newer augkd-edge"):
+        fit(ToyStage(), 2, tmp_path / "e.ckpt", progress=False)

@@ -125,3 +125,12 @@ def test_save_atomic_keeps_old_file_when_write_fails(tmp_path: Path) -> None:
         save_atomic({"v": Unsaveable()}, path)
     assert torch.equal(load_safe(path)["v"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "temporary file left behind"
+
+
+def test_model_file_from_newer_version_is_refused(tmp_path: Path) -> None:
+    path = save_model_file(tmp_path / "m.pt", build_classifier("resnet18", 3), ModelMeta("resnet18", 3, ["a", "b", "c"]))
+    record = load_safe(path)
+    record["version"] = 99
+    torch.save(record, path)
+    with pytest.raises(UserError, match="newer than this augkd-edge"):
+        load_model_file(path)
