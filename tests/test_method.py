@@ -230,6 +230,8 @@ def test_no_anchor_and_no_mixup_variants(fresh, data):
     with torch.no_grad():
         batch, labels = no_mixup.student_inputs(x, y, 0)
     assert batch.shape[0] == 4 and torch.equal(labels, y)  # [x; x] == [x] for loss and gradients
+    for stage in (no_anchor, no_mixup):
+        assert torch.isfinite(run_epoch(stage, steps=1)["loss"])
     with pytest.raises(ValueError):
         mixup_stage(fresh, data, "kd")
 
@@ -242,6 +244,7 @@ def test_energy_curriculum_starts_with_the_teachers_surest_samples(fresh, data):
     assert len(order) == keep
     assert set(order.tolist()) == set(torch.argsort(energies)[:keep].tolist())
     assert len(stage.epoch_order(3, torch.Generator())) == 16  # f = 1 from epoch a * E
+    assert torch.isfinite(run_epoch(stage, steps=1)["loss"])
 
 
 # ---------------------------------------------------------------- baselines and shared parts
