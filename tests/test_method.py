@@ -30,6 +30,16 @@ L, K = 16, 10
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batch-8 models gain nothing from 2 threads, and OpenMP's spinning threads made
+    this file 10x slower (21 s -> 231 s) on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def nets():
     torch.manual_seed(0)
