@@ -3,9 +3,10 @@
     python benchmarks/accuracy.py                       # all methods, seeds 0-4, MNIST -> optdigits, quick preset
     python benchmarks/accuracy.py --seeds 0,1 --methods augkd,kd --set mixup.epochs=40
 
-Per (setting, seed) the teacher (cached by config), Module 1 (shared by augkd,
-dfkd, dfkd-finetune, no-anchor, no-mixup) and Module 2 (augkd, no-mixup) are
-trained once and reused through the pipeline's ``shared_dir``. Every method of
+Per seed the teacher (cached by config), Module 1 (shared by augkd, dfkd,
+dfkd-finetune, no-anchor, no-mixup) and Module 2 (augkd, no-mixup) are trained
+once and reused through the pipeline's ``shared_dir``, also across settings
+that differ only in Module 3 options (e.g. a sweep of u). Every method of
 a seed starts from the same student initialisation and uses the same splits.
 Selection is on the eval split only; the test split is reported.
 
@@ -76,6 +77,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _shared_key(overrides: dict[str, Any], preset: str) -> str:
+    """Settings that differ only in Module 3 options share the teacher, Module 1 and Module 2."""
+    import hashlib
+
+    core = {k: v for k, v in overrides.items() if k != "mixup"} | {"preset": preset}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _stats(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -91,6 +100,21 @@ def summarise(per_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             entry[f"{key}_mean"], entry[f"{key}_std"] = _stats([r[key] for r in rows])
         methods[method] = entry
     return methods
+
+
+def eval_selected(settings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method, the setting with the best mean *eval* top-1, and its test figures.
+
+    This is how a hyperparameter sweep (settings differing in, say, u) is
+    reported without tuning on the test split.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        for method, m in setting["methods"].items():
+            if method not in best or m["eval_top1_mean"] > best[method]["eval_top1_mean"]:
+                best[method] = {"setting": setting["name"], **{k: m[k] for k in (
+                    "eval_top1_mean", "top1_mean", "top1_std", "top3_mean", "top5_mean", "n_seeds")}}
+    return best
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -129,6 +153,20 @@ def markdown(result: dict[str, Any]) -> str:
             f"Teacher top-1 on its own domain (eval split): {own:.4f}." if own is not None else "",
             "",
         ]
+    if len(result["settings"]) > 1:
+        lines += [
+            "## Selected on the eval split",
+            "",
+            "Per method, the setting with the best mean eval top-1; its test top-1 is reported.",
+            "",
+            "| method | chosen setting | eval top-1 | test top-1 | seeds |",
+            "|---|---|---:|---|---:|",
+        ]
+        chosen = eval_selected(result["settings"])
+        for method, m in sorted(chosen.items(), key=lambda kv: -kv[1]["top1_mean"]):
+            lines.append(f"| {method} | {m['setting']} | {m['eval_top1_mean']:.4f} | "
+                         f"{m['top1_mean']:.4f} +- {m['top1_std']:.4f} | {m['n_seeds']} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
         teacher_test, teacher_own = [], None
         for seed in seeds:
-            base = Path(args.work) / name.replace(">", "") / f"seed{seed}"
+            base = Path(args.work) / name.replace(">", "").replace(" ", "_") / f"seed{seed}"
+            shared = Path(args.work) / "shared" / f"{_shared_key(overrides, args.preset)}-seed{seed}"
             for method in methods:
                 cfg = DistillConfig.from_dict(
                     _merge(overrides, {"preset": args.preset, "method": method, "seed": seed, "device": args.device})
@@ -181,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{name}] seed {seed} {method}", flush=True)
                     cfg.out = str(out)
                     res = run_distill(cfg, out, resume=True, cache_dir=Path(args.cache_dir),
-                                      shared_dir=base / "shared", progress=sys.stderr.isatty())
+                                      shared_dir=shared, progress=sys.stderr.isatty())
                 per_method[method].append({
                     "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
                     "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
@@ -195,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             "teacher": {"top1_on_student_test": sum(teacher_test) / len(teacher_test), "own_eval_top1": teacher_own},
         })
         result["wall_s"] = time.perf_counter() - t0
+        result["eval_selected"] = eval_selected(result["settings"])
         out_dir = Path(args.out)
         write_json(result, out_dir / "accuracy.json")
         (out_dir / "accuracy.md").write_text(markdown(result))

@@ -44,3 +44,15 @@ def test_markdown_ranks_methods_and_shows_command() -> None:
     assert "python benchmarks/accuracy.py --seeds 0" in md
     assert md.index("| augkd |") < md.index("| kd |")
     assert "| *teacher* | 0.7000" in md and not math.isnan(result["settings"][0]["methods"]["kd"]["top1_mean"])
+
+
+def test_eval_selection_uses_eval_not_test() -> None:
+    def setting(name: str, eval_top1: float, test_top1: float) -> dict:
+        row = {"seed": 0, "top1": test_top1, "top3": 1.0, "top5": 1.0, "eval_top1": eval_top1, "wall_s": 1.0}
+        return {"name": name, "methods": acc.summarise({"kd": [row]})}
+
+    chosen = acc.eval_selected([setting("u=0.5", 0.9, 0.5), setting("u=0.8", 0.8, 0.99)])
+    assert chosen["kd"]["setting"] == "u=0.5" and chosen["kd"]["top1_mean"] == 0.5
+    assert acc._shared_key({"shots": 10, "mixup": {"u": 0.5}}, "quick") == acc._shared_key(
+        {"shots": 10, "mixup": {"u": 0.8}}, "quick")
+    assert acc._shared_key({"shots": 10}, "quick") != acc._shared_key({"shots": 5}, "quick")
