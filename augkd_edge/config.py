@@ -46,9 +46,11 @@ class TeacherConfig:
     10-minute budget allows.
     """
 
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.05
+    # 0.05 made ResNet-34 diverge in its first epoch (train loss 4.05, eval top-1 0.48 after
+    # 8 epochs); 0.02 gives 0.978 on MNIST eval and 0.907 on optdigits in 10 epochs (127 s).
+    lr: float = 0.02
     weight_decay: float = 5e-4
     eval_frac: float = 0.2
     # Teacher-domain images used for training+eval; None = all. Caps CPU time.

@@ -29,7 +29,7 @@ class TeacherSettings:
     arch: str = "resnet34"
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.02
     weight_decay: float = 5e-4
     seed: int = 0
     eval_frac: float = 0.2
