@@ -112,7 +112,7 @@ def obtain_teacher(
                                weight_decay=tc.weight_decay, seed=TEACHER_SEED, eval_frac=tc.eval_frac,
                                input_size=cfg.input_size)
     key = _fingerprint({"data": cfg.teacher_data, "max_images": tc.max_images, **dataclasses.asdict(settings),
-                        "format": 1})
+                        "format": 2})
     tdir = cache_dir / "teachers" / f"{cfg.teacher_arch}-{key}"
     results_path = tdir / "results.json"
     if (tdir / "teacher.pt").exists() and results_path.exists():

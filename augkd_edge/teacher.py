@@ -13,7 +13,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -34,99 +34,6 @@ class TeacherSettings:
     seed: int = 0
     eval_frac: float = 0.2
     input_size: int = 32
-
-
-class ClassifierStage:
-    """Cross-entropy training of one classifier on labelled [0,1] images.
-
-    SGD with Nesterov momentum and a per-epoch cosine schedule: it reaches a
-    strong from-scratch ResNet on digits in a few epochs on a CPU.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        model: "nn.Module",
-        train_x: "torch.Tensor",
-        train_y: "torch.Tensor",
-        eval_x: "torch.Tensor",
-        eval_y: "torch.Tensor",
-        *,
-        kind: str,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        weight_decay: float,
-        seed: int,
-    ):
-        import torch
-
-        self.name = name
-        self.model = model
-        self.train_x, self.train_y = train_x, train_y
-        self.eval_x, self.eval_y = eval_x, eval_y
-        self.kind, self.mean, self.std = kind, mean, std
-        self.batch_size, self.seed = batch_size, seed
-        self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(epochs, 1))
-        self._mean_t = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self._std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-
-    def train_mode(self) -> None:
-        self.model.train()
-
-    def batches(self, epoch: int) -> Iterable[tuple["torch.Tensor", "torch.Tensor"]]:
-        import torch
-
-        from augkd_edge.data import augment
-
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_y), generator=gen)
-        n_full = len(order) // self.batch_size * self.batch_size or len(order)
-        for start in range(0, n_full, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            x = augment(self.train_x[idx], self.kind, gen).to(self.device, non_blocking=True)
-            yield x, self.train_y[idx].to(self.device, non_blocking=True)
-
-    def train_step(self, batch: tuple["torch.Tensor", "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
-        import torch.nn.functional as F
-
-        x, y = batch
-        logits = self.model((x - self._mean_t) / self._std_t)
-        loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach()}
-
-    def end_epoch(self, epoch: int) -> None:
-        self.scheduler.step()
-
-    def evaluate(self) -> dict[str, float]:
-        from augkd_edge.engine import evaluate_classifier
-
-        acc = evaluate_classifier(self.model, self.eval_x, self.eval_y, self.mean, self.std)
-        return {f"eval_{k}": v for k, v in acc.items()} | {"select": 1.0 - acc["top1"]}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-
-    def best_state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict()}
 
 
 @dataclasses.dataclass
@@ -154,6 +61,7 @@ def train_teacher(
     from augkd_edge.checkpoint import write_text_atomic
     from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, save_splits, teacher_split
     from augkd_edge.engine import MetricsLog, evaluate_classifier, fit
+    from augkd_edge.method.common import StudentStage, make_augment
     from augkd_edge.models.loading import ModelMeta, save_model_file
     from augkd_edge.models.zoo import build_classifier
 
@@ -166,14 +74,16 @@ def train_teacher(
     eval_idx = torch.as_tensor(splits["eval"], dtype=torch.long)
 
     model = build_classifier(settings.arch, len(domain.classes)).to(device)
-    stage = ClassifierStage(
+    # The teacher trains like a student without a teacher: CE, one shared loop.
+    stage = StudentStage(
         "teacher",
         model,
         domain.images[train_idx],
         domain.labels[train_idx],
         domain.images[eval_idx],
         domain.labels[eval_idx],
-        kind=domain.kind,
+        augment=make_augment(domain.kind),
+        optimizer="sgd",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         epochs=settings.epochs,
@@ -182,7 +92,7 @@ def train_teacher(
         weight_decay=settings.weight_decay,
         seed=settings.seed,
     )
-    fingerprint = json.dumps({"data": domain.name, **dataclasses.asdict(settings)}, sort_keys=True)
+    fingerprint = json.dumps({"data": domain.name, "trainer": 2, **dataclasses.asdict(settings)}, sort_keys=True)
     t0 = time.perf_counter()
     result = fit(
         stage,
@@ -193,7 +103,7 @@ def train_teacher(
         progress=progress,
         fingerprint=fingerprint,
     )
-    model.load_state_dict(result.best_state["model"])
+    model.load_state_dict(result.best_state["student"])
     model.eval()
     eval_acc = evaluate_classifier(model, domain.images[eval_idx], domain.labels[eval_idx], IMAGENET_MEAN, IMAGENET_STD)
     other: dict[str, dict[str, float]] = {}

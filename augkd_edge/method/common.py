@@ -249,6 +249,7 @@ class StudentStage:
         u: float = 1.0,
         tau: float = 1.0,
         recompute_bn: bool = False,
+        optimizer: str = "adam",
     ):
         self.name = name
         self.student, self.teacher = student, teacher
@@ -262,7 +263,14 @@ class StudentStage:
         self.device = next(student.parameters()).device
         freeze(teacher)
         channels_last_on_cpu(self.device, student)
-        self.optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+        if optimizer == "adam":
+            self.optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+        elif optimizer == "sgd":
+            # from-scratch teachers: Nesterov SGD reaches a strong ResNet in a few epochs
+            self.optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                             weight_decay=weight_decay)
+        else:
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(epochs, 1))
 
     # ---- what subclasses change ----------------------------------------
