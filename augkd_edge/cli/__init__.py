@@ -38,16 +38,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    # Each command module is optional while the product grows; all ship together.
-    import importlib
+    # Imported here, not at the top: each module imports ``main``'s package.
+    from augkd_edge.cli import bench, distill, export, teacher
 
-    for name in ("teacher", "distill", "export", "bench"):
-        try:
-            module = importlib.import_module(f"augkd_edge.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"augkd_edge.cli.{name}":
-                continue
-            raise
+    for module in (teacher, distill, export, bench):
         main.add_command(module.command)
 
 
