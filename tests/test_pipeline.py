@@ -114,3 +114,14 @@ def test_every_hyperparameter_is_a_documented_flag() -> None:
     assert fields == set(HELP), f"undocumented: {fields - set(HELP)}; stale: {set(HELP) - fields}"
     res = CliRunner().invoke(main, ["distill", "--help"])
     assert "--mixup-tau" in res.output and "--df-lr-g" in res.output and "--anchor-lambda-ce" in res.output
+
+
+def test_config_file_values_survive_unset_flags(tmp_path: Path, cache_dir: Path) -> None:
+    """--config's method/seed are kept unless the flag is given (click defaults must not override them)."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"method": "no-kd", "seed": 3}))
+    out = tmp_path / "run"
+    res = _distill([*TINY, "--config", str(cfg), "--cache-dir", str(cache_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "no-kd" and results["seed"] == 3

@@ -104,11 +104,11 @@ def _latest_run(root: Path) -> Path | None:
               help="Student-domain eval images per class, for checkpoint selection [default: 5]; the rest is the test split.")
 @click.option("--preset", type=click.Choice(PRESETS), default="quick", show_default=True,
               help="quick: sized for a 2-core CPU (<10 min); paper: the paper's hyperparameters, for a GPU.")
-@click.option("--method", type=click.Choice(METHODS), default="augkd", show_default=True,
-              help="augkd, or a baseline/ablation: no-kd, kd, dfkd, dfkd-finetune, no-anchor, no-mixup.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, student init and data order.")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="[default: augkd] augkd, or a baseline/ablation: no-kd, kd, dfkd, dfkd-finetune, no-anchor, no-mixup.")
+@click.option("--seed", type=int, default=None, help="Seed for splits, student init and data order [default: 0].")
 @click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input resolution [default: 32].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="JSON file of options (a run's config.json works); flags given on the command line override it.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -120,8 +120,8 @@ def _latest_run(root: Path) -> Path | None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_hyperparameter_options
 def command(teacher_file: str | None, teacher_arch: str | None, student_arch: str | None, teacher_data: str | None,
-            student_data: str | None, shots: int | None, eval_per_class: int | None, preset: str, method: str,
-            seed: int, input_size: int | None, device: str, config_file: str | None, out_dir: str | None,
+            student_data: str | None, shots: int | None, eval_per_class: int | None, preset: str, method: str | None,
+            seed: int | None, input_size: int | None, device: str | None, config_file: str | None, out_dir: str | None,
             resume: bool, cache_dir: str, quiet: bool, **hyper: Any) -> None:
     """Distill a student for the target domain from a teacher trained elsewhere (AuG-KD).
 
@@ -148,9 +148,10 @@ def command(teacher_file: str | None, teacher_arch: str | None, student_arch: st
             data["preset"] = preset
     top = {"teacher_file": teacher_file, "teacher_arch": teacher_arch, "student_arch": student_arch,
            "teacher_data": teacher_data, "student_data": student_data, "shots": shots,
-           "eval_per_class": eval_per_class, "input_size": input_size}
+           "eval_per_class": eval_per_class, "input_size": input_size, "method": method, "seed": seed,
+           "device": device}
+    # Only flags actually given override --config; unset ones fall back to the file, then the preset.
     data.update({k: v for k, v in top.items() if v is not None})
-    data.update({"method": method, "seed": seed, "device": device})
     for key, value in hyper.items():
         if value is not None:
             section, field = key.split("__")
