@@ -14,16 +14,83 @@ happen.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LOGVAR_MIN = -5.0
 LOGVAR_MAX = 3.0
 
 
+def _taps_4(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """3 taps (k0, k1, k2) along ``dim`` -> the 4 taps (k2, k1+k2, k0+k1, k0) of the stride-2 form.
+
+    Element-wise sums, not a matmul, so autocast leaves them in the weight's
+    dtype (the transposed conv casts the summed kernel once, as conv2d would
+    cast the 3x3 one).
+    """
+    k0, k1, k2 = w.unbind(dim)
+    return torch.stack((k2, k1 + k2, k0 + k1, k0), dim)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+class UpsampleConv2d(nn.Conv2d):
+    """``conv3x3(upsample_nearest_2x(x))`` in one transposed conv on the low-resolution input.
+
+    Same function, fewer operations. Along one axis, high-res output row 2i
+    reads the upsampled rows (2i-1, 2i, 2i+1) = low-res rows (i-1, i, i), so
+    it is ``k0 x[i-1] + (k1+k2) x[i]``; row 2i+1 is ``(k0+k1) x[i] + k2 x[i+1]``
+    (zero padding 1 on the low-res input gives the borders, as padding 1 on the
+    upsampled one did). Per axis that is a 4-tap kernel (k2, k1+k2, k0+k1, k0)
+    at stride 2, and in 2-D a [C_in, C_out, 4, 4] ``conv_transpose2d`` with
+    stride 2 and padding 1: 16 multiply-adds per low-res pixel and channel pair
+    instead of 36 (4 upsampled pixels x 9 taps), no upsampled tensor is
+    materialised, and the interleaving of the 4 output phases is done by the
+    transposed conv itself. Only the association of floating-point sums differs
+    (tap sums are formed before multiplying), so float64 results agree to
+    ~1e-14 (tests/test_generative_fast.py).
+
+    Why a transposed conv rather than 4 phase convs + interleave: measured
+    (1 thread, batch 128, 128 -> 64 channels, 16x16 -> 32x32, channels_last)
+    forward 141 ms for upsample + conv2d, 87 ms for four 2x2 convs on shifted
+    views + interleave, 95 ms for one 2x2 conv with 4*C_out outputs + per-phase
+    crops, 123 ms for one 3x3 conv with zero-padded phase kernels + pixel_shuffle,
+    55 ms for this (forward + backward: 455, 347, 519, 383 and 179 ms). The
+    copies of the interleave eat the other forms' savings; the transposed conv
+    writes each phase in place. Generator timings: see Generator.
+
+    The parameter is the ordinary 3x3 ``weight`` [C_out, C_in, 3, 3] of the
+    ``nn.Conv2d`` this replaces (initialised identically, same state_dict key
+    and shape), and the 4x4 kernel is derived from it in ``forward``, so
+    autograd gives ``weight`` and the input their gradients and old checkpoints
+    load unchanged. ``bias`` is honoured if present (e.g. after a BN fold).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = _taps_4(_taps_4(self.weight, 2), 3).transpose(0, 1)  # [C_in, C_out, 4, 4]
+        # Kernel layout as conv2d would choose: channels_last if the input or the
+        # weight is, which also keeps the output in the layout conv2d gave it.
+        # (A channels_last kernel is what makes oneDNN fast here.)
+        cl = _is_channels_last(x) or _is_channels_last(self.weight)
+        w = w.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        return F.conv_transpose2d(x, w, self.bias, stride=2, padding=1)
+
+
 def _up_block(c_in: int, c_out: int) -> nn.Sequential:
+    """Nearest 2x upsample + 3x3 conv, fused (UpsampleConv2d), -> BN -> LeakyReLU.
+
+    Index 0 was ``nn.Upsample``; it is an ``nn.Identity`` now (the upsampling
+    happens inside index 1) so the state_dict keys stay ``body.<b>.1.weight``,
+    ``body.<b>.2.*``: checkpoints and model files from before load unchanged.
+    """
     return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.Identity(),
+        UpsampleConv2d(c_in, c_out, bias=False),
         nn.BatchNorm2d(c_out),
         nn.LeakyReLU(0.2, inplace=True),
     )
@@ -33,6 +100,24 @@ class Generator(nn.Module):
     """DCGAN-style: linear -> BN -> 2 x (upsample + conv) -> conv -> sigmoid.
 
     Sigmoid rather than tanh because images live in [0, 1] here (see module docstring).
+
+    The two upsample + conv steps are UpsampleConv2d: the same function as
+    ``nn.Upsample(2, nearest)`` + 3x3 conv, with 16 instead of 36 multiply-adds
+    per low-res pixel. G dominated Modules 1 and 2 on CPU; measured on the
+    shared 2-core CPU, 1 thread, width 64, 32x32, old -> new in one process
+    (medians; absolute times vary with the machine's load, the ratios held):
+
+    ==========================  ===================  ====================
+    batch 128                   channels_last        contiguous
+    ==========================  ===================  ====================
+    forward, no grad            320 -> 163 ms 1.97x  543 -> 339 ms 1.60x
+    forward + backward          866 -> 480 ms 1.80x  1242 -> 684 ms 1.81x
+    frozen, backward to z only  667 -> 366 ms 1.82x  1013 -> 531 ms 1.91x
+    ==========================  ===================  ====================
+
+    At batch 32: channels_last 1.83x / 1.82x / 1.95x, contiguous 2.02x /
+    2.00x / 2.01x. State_dict keys, shapes and the seeded initialisation are
+    those of the old form, so checkpoints and model files load as before.
     """
 
     def __init__(self, latent_dim: int = 100, img_size: int = 32, channels: int = 3, width: int = 64):
