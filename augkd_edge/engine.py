@@ -6,13 +6,19 @@ checkpointing, RNG capture, divergence checks and progress bars are written once
 and behave the same for the teacher, Module 1, 2, 3 and every baseline.
 
 Stage checkpoint file (``<stage>.ckpt``, one ``torch.save`` of plain data,
-loadable with ``weights_only=True``)::
+loadable with ``weights_only=True``), written every N steps and after every
+epoch::
 
-    {"format": "augkd-edge/stage", "version": 1, "stage": name,
-     "epoch": epochs completed, "epochs": planned, "done": bool,
-     "state": Stage.state_dict(), "best_state": ..., "best_metrics": {...},
-     "best_epoch": int, "history": [per-epoch metrics], "rng": {...},
+    {"format": "augkd-edge/stage", "version": 2, "stage": name,
+     "epoch": epochs completed, "step": steps completed in the next epoch,
+     "sums": {metric: partial sum over those steps}, "epochs": planned, "done": bool,
+     "state": Stage.state_dict() (models, optimizers, schedulers, AMP scaler),
+     "best_state": ..., "best_metrics": {...}, "best_epoch": int,
+     "history": [per-epoch metrics], "rng": rank 0's RNG states {...},
+     "rng_ranks": [per-rank RNG states] | None, "world": process count,
      "wall_s": float, "fingerprint": config fingerprint}
+
+Version 1 files (epoch boundaries only) still load.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 from augkd_edge.errors import UserError
 
@@ -32,11 +38,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 STAGE_FORMAT = "augkd-edge/stage"
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class Stage(Protocol):
-    """One trainable phase (teacher training, Module 1/2/3, a baseline)."""
+    """One trainable phase (teacher training, Module 1/2/3, a baseline).
+
+    ``batches(epoch)`` must draw its randomness from a generator seeded by
+    (seed, epoch), never from the global RNG: a mid-epoch resume replays the
+    epoch's batches to skip the ones already trained on, and the global RNG
+    (dropout, reparameterisation noise) is restored from the checkpoint.
+    """
 
     name: str
 
@@ -97,6 +109,27 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def catch_up(self, stage: str, history: list[dict[str, Any]]) -> None:
+        """Append the epochs of ``history`` the log lacks (a kill between checkpoint and log line).
+
+        The checkpoint is written before the log line, so after a kill the log
+        may miss an epoch but never holds one that a resume will redo.
+        """
+        if self.path is None or not history:
+            return
+        logged = 0
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                if record.get("stage") == stage:
+                    logged = max(logged, int(record.get("epoch", 0)))
+        for metrics in history:
+            if int(metrics["epoch"]) > logged:
+                self.write({"stage": stage, **metrics})
 
 
 def predict_logits(
@@ -223,91 +256,229 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     fingerprint: str | None = None,
+    checkpoint_every: int = 0,
+    prefetch_batches: int = 0,
 ) -> FitResult:
-    """Train ``stage`` for ``epochs``, checkpointing after every epoch.
+    """Train ``stage`` for ``epochs``, checkpointing every ``checkpoint_every`` steps and after every epoch.
 
-    With ``resume`` an existing checkpoint continues where it stopped, and a
-    finished stage is returned without redoing any work. The best epoch is
-    chosen by the stage's ``evaluate()["select"]`` (lower is better), which
-    stages compute on eval data only.
+    With ``resume`` an existing checkpoint continues where it stopped: at an
+    epoch boundary, or mid-epoch at the step it recorded (the epoch's batches
+    are replayed from their seeded generator and the first ``step`` skipped,
+    so the data order continues exactly). A finished stage is returned without
+    redoing any work. The best epoch is chosen by the stage's
+    ``evaluate()["select"]`` (lower is better), which stages compute on eval
+    data only. Under torchrun only rank 0 writes; all ranks load.
+    ``prefetch_batches`` > 0 prepares that many batches ahead in a
+    background thread (useful when a GPU would otherwise wait for the host).
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from augkd_edge.checkpoint import save_atomic
+    from augkd_edge.distributed import current
 
+    dist = current()
     ckpt_path = Path(ckpt_path)
-    log = log or MetricsLog(None)
-    start_epoch = 0
-    best_select = math.inf
-    best_state: dict[str, Any] = {}
-    best_metrics: dict[str, float] = {}
-    best_epoch = -1
-    history: list[dict[str, float]] = []
-    wall_before = 0.0
+    log = log if (log is not None and dist.is_main) else MetricsLog(None)
+    run = _FitState()
 
     ckpt = load_stage_checkpoint(ckpt_path, stage.name, fingerprint) if resume else None
     if ckpt is not None:
+        run.load(ckpt)
+        log.catch_up(stage.name, run.history)
+        if ckpt.get("done") or run.epoch >= epochs:
+            return run.result()
+        _check_world(ckpt, ckpt_path, dist.world)
         stage.load_state_dict(ckpt["state"])
-        best_state, best_metrics = ckpt["best_state"], ckpt["best_metrics"]
-        best_epoch, history = int(ckpt["best_epoch"]), list(ckpt["history"])
-        best_select = float(best_metrics.get("select", math.inf))
-        start_epoch, wall_before = int(ckpt["epoch"]), float(ckpt["wall_s"])
-        restore_rng(ckpt["rng"])
-        if ckpt.get("done") or start_epoch >= epochs:
-            return FitResult(best_state, best_metrics, best_epoch, history, wall_before)
+        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        restore_rng(rngs[dist.rank] if len(rngs) > dist.rank else rngs[0])
+
+    def save(done: bool) -> None:
+        rngs = dist.gather(capture_rng())
+        if dist.is_main:
+            save_atomic({**run.record(stage, epochs, done, fingerprint, dist.world), "rng": rngs[0],
+                         "rng_ranks": rngs if dist.enabled else None}, ckpt_path)
+
+    from augkd_edge.checkpoint import save_atomic
 
     t0 = time.perf_counter()
-    bar = tqdm(total=epochs, initial=start_epoch, desc=stage.name, disable=not progress, leave=False, unit="ep")
-    for epoch in range(start_epoch, epochs):
+    bar = tqdm(total=epochs, initial=run.epoch, desc=stage.name, disable=not (progress and dist.is_main),
+               leave=False, unit="ep")
+    for epoch in range(run.epoch, epochs):
         stage.train_mode()
-        sums: dict[str, torch.Tensor] = {}
-        steps = 0
-        for batch in stage.batches(epoch):
+        batches = iter(stage.batches(epoch))
+        for _ in range(run.step):  # mid-epoch resume: replay the seeded order up to where it stopped
+            next(batches)
+        if prefetch_batches > 0:
+            batches = prefetch(batches, prefetch_batches)
+        for batch in batches:
             out = stage.train_step(batch)
             for key, value in out.items():
-                sums[key] = sums[key] + value if key in sums else value.detach().clone()
-            steps += 1
+                run.sums[key] = run.sums[key] + value.detach() if key in run.sums else value.detach().clone()
+            run.step += 1
+            if checkpoint_every and run.step % checkpoint_every == 0:
+                run.check_finite(stage.name, epoch, ckpt_path)  # never checkpoint NaN weights
+                run.wall = run.wall_before + time.perf_counter() - t0
+                save(done=False)
         stage.end_epoch(epoch)
         # one host sync per epoch, not per step
-        metrics = {f"train_{k}": float(v) / max(steps, 1) for k, v in sums.items()}
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingDiverged(
-                f"{stage.name}: {', '.join(bad)} became NaN/Inf in epoch {epoch + 1}; the last good "
-                f"checkpoint {ckpt_path} is kept. Lower the learning rate or check the inputs."
-            )
+        metrics = run.finish_epoch(stage.name, epoch, ckpt_path)
         metrics.update(stage.evaluate())
         metrics["epoch"] = epoch + 1
-        history.append(metrics)
-        if metrics["select"] < best_select:
-            best_select = metrics["select"]
-            best_state, best_metrics, best_epoch = _detached(stage.best_state()), dict(metrics), epoch + 1
-        wall = wall_before + time.perf_counter() - t0
-        log.write({"stage": stage.name, "wall_s": round(wall, 3), **metrics})
-        save_atomic(
-            {
-                "format": STAGE_FORMAT,
-                "version": STAGE_VERSION,
-                "stage": stage.name,
-                "epoch": epoch + 1,
-                "epochs": epochs,
-                "done": epoch + 1 >= epochs,
-                "state": stage.state_dict(),
-                "best_state": best_state,
-                "best_metrics": best_metrics,
-                "best_epoch": best_epoch,
-                "history": history,
-                "rng": capture_rng(),
-                "wall_s": wall,
-                "fingerprint": fingerprint,
-            },
-            ckpt_path,
-        )
+        run.add_epoch(stage, metrics)
+        run.wall = run.wall_before + time.perf_counter() - t0
+        metrics["wall_s"] = round(run.wall, 3)
+        save(done=epoch + 1 >= epochs)
+        log.write({"stage": stage.name, **metrics})
         bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("select", "train_loss")})
         bar.update(1)
     bar.close()
-    return FitResult(best_state, best_metrics, best_epoch, history, wall_before + time.perf_counter() - t0)
+    run.wall = run.wall_before + time.perf_counter() - t0
+    return run.result()
+
+
+class _FitState:
+    """Where a fit stands: epoch/step, partial sums, best so far, history (what a checkpoint holds)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0  # epochs completed
+        self.step = 0  # steps completed in the current epoch
+        self.sums: dict[str, "torch.Tensor"] = {}
+        self.best_select = math.inf
+        self.best_state: dict[str, Any] = {}
+        self.best_metrics: dict[str, float] = {}
+        self.best_epoch = -1
+        self.history: list[dict[str, float]] = []
+        self.wall_before = 0.0
+        self.wall = 0.0
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        self.best_state, self.best_metrics = ckpt["best_state"], ckpt["best_metrics"]
+        self.best_epoch, self.history = int(ckpt["best_epoch"]), list(ckpt["history"])
+        self.best_select = float(self.best_metrics.get("select", math.inf))
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
+        self.sums = dict(ckpt.get("sums") or {})
+        self.wall_before = self.wall = float(ckpt["wall_s"])
+
+    def check_finite(self, name: str, epoch: int, ckpt_path: Path,
+                     sums: dict[str, "torch.Tensor"] | None = None) -> dict[str, float]:
+        from augkd_edge.distributed import current
+
+        sums = current().mean(self.sums) if sums is None else sums  # every rank decides alike
+        metrics = {f"train_{k}": float(v) / max(self.step, 1) for k, v in sums.items()}
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(
+                f"{name}: {', '.join(bad)} became NaN/Inf in epoch {epoch + 1}; the last good "
+                f"checkpoint {ckpt_path} is kept. Lower the learning rate or check the inputs."
+            )
+        return metrics
+
+    def finish_epoch(self, name: str, epoch: int, ckpt_path: Path) -> dict[str, float]:
+        from augkd_edge.distributed import current
+
+        metrics = self.check_finite(name, epoch, ckpt_path, current().mean(self.sums))
+        self.epoch, self.step, self.sums = epoch + 1, 0, {}
+        return metrics
+
+    def add_epoch(self, stage: Stage, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        if metrics["select"] < self.best_select:
+            self.best_select = metrics["select"]
+            self.best_state, self.best_metrics = _detached(stage.best_state()), dict(metrics)
+            self.best_epoch = int(metrics["epoch"])
+
+    def record(self, stage: Stage, epochs: int, done: bool, fingerprint: str | None, world: int) -> dict[str, Any]:
+        return {
+            "format": STAGE_FORMAT,
+            "version": STAGE_VERSION,
+            "stage": stage.name,
+            "epoch": self.epoch,
+            "step": self.step,
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "epochs": epochs,
+            "done": done,
+            "state": stage.state_dict(),
+            "best_state": self.best_state,
+            "best_metrics": self.best_metrics,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "wall_s": self.wall,
+            "fingerprint": fingerprint,
+            "world": world,
+        }
+
+    def result(self) -> FitResult:
+        return FitResult(self.best_state, self.best_metrics, self.best_epoch, self.history, self.wall)
+
+
+def _check_world(ckpt: dict[str, Any], path: Path, world: int) -> None:
+    """An unfinished stage continues only with the process count that wrote it (same batch shares)."""
+    written = int(ckpt.get("world", 1))
+    if written != world:
+        raise UserError(
+            f"{path}: this stage was interrupted in a run with {written} process(es), this run has {world}; "
+            f"resume with the same count (torchrun --nproc-per-node {written}) or use a new --out."
+        )
+
+
+def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Produce ``batches`` in a background thread, ``depth`` ahead, in the same order.
+
+    One producer keeps the order (and the seeded augmentation) exactly as
+    without prefetching; an exception in the producer is re-raised here.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((True, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((False, exc))
+
+    thread = threading.Thread(target=produce, daemon=True, name="augkd-prefetch")
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def set_deterministic(enabled: bool = True) -> None:
+    """Deterministic kernels (``--deterministic``): same inputs, same bits, at some speed cost.
+
+    CUDA's cuBLAS needs its workspace config set before the first matmul;
+    cuDNN's autotuner is turned off because it may pick different algorithms
+    in different processes.
+    """
+    import os
+
+    import torch
+
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def _detached(state: dict[str, Any]) -> dict[str, Any]:

@@ -123,3 +123,96 @@ def test_stage_checkpoint_from_newer_version_is_refused(tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "e.ckpt")
     with pytest.raises(UserError, match="newer augkd-edge"):
         fit(ToyStage(), 2, tmp_path / "e.ckpt", progress=False)
+
+
+class SeededToy(ToyStage):
+    """Batches from a (seed, epoch) generator, as the real stages draw them; dropout-like noise from the global RNG.
+
+    ``crash_at``: raise after that many steps in total, like a kill between two checkpoints.
+    """
+
+    def __init__(self, crash_at: int | None = None, nan_at: int | None = None):
+        super().__init__()
+        self.crash_at, self.nan_at, self.steps, self.seen = crash_at, nan_at, 0, []
+
+    def batches(self, epoch: int):
+        from augkd_edge.method.common import epoch_generator
+
+        self.epochs_run.append(epoch)
+        gen = epoch_generator(3, epoch)
+        for _ in range(4):
+            x = torch.randn(8, 4, generator=gen)
+            yield x, x @ self.w.T
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        if self.crash_at is not None and self.steps == self.crash_at:
+            raise KeyboardInterrupt
+        x, y = batch
+        self.seen.append(float(x[0, 0]))
+        noise = torch.rand(x.shape) * 0.01  # global RNG, restored on resume
+        loss = ((self.model(x + noise) - y) ** 2).mean()
+        if self.nan_at is not None and self.steps >= self.nan_at:
+            loss = loss * float("nan")
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.steps += 1
+        return {"loss": loss.detach()}
+
+
+@pytest.mark.parametrize("crash_at", [1, 5, 6, 9])
+def test_mid_epoch_resume_replays_the_data_order_and_equals_uninterrupted(tmp_path: Path, crash_at: int) -> None:
+    torch.manual_seed(1)
+    ref = SeededToy()
+    full = fit(ref, 3, tmp_path / "a.ckpt", progress=False, checkpoint_every=1)
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(SeededToy(crash_at=crash_at), 3, tmp_path / "b.ckpt", progress=False, checkpoint_every=1,
+            log=MetricsLog(tmp_path / "b.jsonl"))
+    ckpt = load_safe(tmp_path / "b.ckpt")
+    assert (ckpt["epoch"], ckpt["step"]) == divmod(crash_at, 4)
+    torch.manual_seed(999)  # another process: everything must come from the checkpoint
+    stage = SeededToy()
+    resumed = fit(stage, 3, tmp_path / "b.ckpt", progress=False, checkpoint_every=1,
+                  log=MetricsLog(tmp_path / "b.jsonl"))
+    assert stage.seen == ref.seen[crash_at:], "the resumed run did not continue the data order"
+    assert torch.equal(resumed.best_state["model"]["weight"], full.best_state["model"]["weight"])
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    logged = [line for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(logged) == 3
+
+
+def test_nan_between_epochs_never_reaches_a_step_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match="NaN/Inf in epoch 2"):
+        fit(SeededToy(nan_at=6), 3, tmp_path / "n.ckpt", progress=False, checkpoint_every=1)
+    ckpt = load_safe(tmp_path / "n.ckpt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    assert torch.isfinite(ckpt["state"]["model"]["weight"]).all()
+
+
+def test_log_catches_up_an_epoch_lost_between_checkpoint_and_log_line(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "m.jsonl")
+    log.write({"stage": "toy", "epoch": 1, "select": 1.0})
+    log.catch_up("toy", [{"epoch": 1, "select": 1.0}, {"epoch": 2, "select": 0.5}])
+    log.catch_up("toy", [{"epoch": 1, "select": 1.0}, {"epoch": 2, "select": 0.5}])
+    import json
+
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_prefetch_keeps_order_and_reraises() -> None:
+    from augkd_edge.engine import prefetch
+
+    assert list(prefetch(iter(range(50)), 3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("bad batch")
+
+    it = prefetch(broken(), 2)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(it)
+    early = prefetch(iter(range(1000)), 2)
+    assert next(early) == 0
+    early.close()  # a consumer that stops early does not leave the producer blocked
