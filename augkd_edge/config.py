@@ -34,6 +34,7 @@ METHODS = ("augkd", "no-kd", "kd", "dfkd", "dfkd-finetune", "no-anchor", "no-mix
 PRESETS = ("quick", "paper")
 SCHEDULES = ("linear", "step")
 CURRICULA = ("none", "energy")
+AMP_MODES = ("off", "bf16", "fp16")  # as augkd_edge.precision (imported there with torch)
 
 
 @dataclasses.dataclass
@@ -157,6 +158,8 @@ class DistillConfig:
     method: str = "augkd"
     input_size: int = 32
     device: str = "auto"
+    # Mixed precision: "off" (float32), "bf16" or "fp16" (autocast; fp16 with gradient scaling).
+    amp: str = "off"
     preset: str = "quick"
     out: str | None = None
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
@@ -226,6 +229,7 @@ class DistillConfig:
 
         need(self.method in METHODS, "method", self.method, f"use one of {', '.join(METHODS)}")
         need(self.preset in PRESETS, "preset", self.preset, f"use one of {', '.join(PRESETS)}")
+        need(self.amp in AMP_MODES, "amp", self.amp, f"use one of {', '.join(AMP_MODES)}")
         need(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None,
             "device",

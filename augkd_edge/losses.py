@@ -72,7 +72,7 @@ class BNStatsHook(AbstractContextManager["BNStatsHook"]):
         self._terms: list[torch.Tensor] = []
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
-        x = inputs[0]
+        x = inputs[0].float()  # statistics in float32 also under --amp
         mean = x.mean(dim=(0, 2, 3))
         var = x.var(dim=(0, 2, 3), unbiased=False)
         self._terms.append(

@@ -21,7 +21,7 @@ results.json, schema 1::
      "stage_wall_s": {"teacher", "data_free", "anchor", "<final stage>"},
      "eval": {"top1","top3","top5"}, "test": {...},
      "teacher": {"own_eval": {...} | null, "student_test": {...}, "student_eval": {...}},
-     "device", "augkd_edge_version"}
+     "device", "processes" (torchrun world size), "augkd_edge_version"}
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ ANCHOR_METHODS = ("augkd", "no-mixup")
 # The teacher is an input of the experiment, like a downloaded one: trained
 # once with a fixed seed and shared by every student seed.
 TEACHER_SEED = 0
+# Where a run is and how it runs, not what it computes: may change on resume.
+RUN_ONLY_KEYS = ("out", "device")
 
 
 def _fingerprint(obj: Any) -> str:
@@ -56,23 +58,32 @@ def _fingerprint(obj: Any) -> str:
 
 
 def prepare_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
-    """Write config.json, or check it against the existing run when resuming."""
+    """Write config.json, or check it against the existing run when resuming.
+
+    Under torchrun every rank checks before rank 0 writes (a rank checking
+    after the write would see "a run already exists").
+    """
     from augkd_edge.checkpoint import write_text_atomic
     from augkd_edge.config import DistillConfig
+    from augkd_edge.distributed import current
 
     cfg_path = out_dir / "config.json"
     if cfg_path.exists():
         if not resume:
             raise UserError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out.")
         old = DistillConfig.from_file(cfg_path)
-        diffs = [k for k in cfg.diff(old) if k not in ("out", "device")]
+        diffs = [k for k in cfg.diff(old) if k not in RUN_ONLY_KEYS]
         if diffs:
             raise UserError(
                 f"{cfg_path}: cannot resume with a changed configuration ({', '.join(diffs)} differ); "
                 f"use the original options or another --out."
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cfg.to_json(), cfg_path)
+    dist = current()
+    dist.barrier()
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cfg.to_json(), cfg_path)
+    dist.barrier()
 
 
 def _subset(domain: "Domain", max_images: int | None, seed: int) -> "Domain":
@@ -97,6 +108,7 @@ def obtain_teacher(
     Returns (teacher, its own-domain eval accuracy or None, wall seconds spent).
     """
     from augkd_edge.models.loading import load_teacher
+    from augkd_edge.teacher import settings_key
 
     t0 = time.perf_counter()
     if cfg.teacher_file:
@@ -110,8 +122,8 @@ def obtain_teacher(
     tc = cfg.teacher
     settings = TeacherSettings(arch=cfg.teacher_arch, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
                                weight_decay=tc.weight_decay, seed=TEACHER_SEED, eval_frac=tc.eval_frac,
-                               input_size=cfg.input_size)
-    key = _fingerprint({"data": cfg.teacher_data, "max_images": tc.max_images, **dataclasses.asdict(settings),
+                               input_size=cfg.input_size, amp=cfg.amp)
+    key = _fingerprint({"data": cfg.teacher_data, "max_images": tc.max_images, **settings_key(settings),
                         "format": 2})
     tdir = cache_dir / "teachers" / f"{cfg.teacher_arch}-{key}"
     results_path = tdir / "results.json"
@@ -128,6 +140,19 @@ def obtain_teacher(
     return result.model, result.eval_acc, time.perf_counter() - t0
 
 
+def seed_stage(seed: int, name: str) -> None:
+    """Seed the global RNG before a stage builds its networks and trains.
+
+    Without it a stage would start from whatever RNG state the previous stage
+    left, and a resumed run, where a finished stage returns from its
+    checkpoint without drawing a number, would initialise the AnchorNet and
+    draw Module 3's dropout masks differently from an uninterrupted run.
+    """
+    import torch
+
+    torch.manual_seed(int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16))
+
+
 def _stage_ckpt(shared: Path, name: str) -> Path:
     return shared / f"{name}.ckpt"
 
@@ -141,9 +166,17 @@ def run_distill(
     cache_dir: str | Path,
     shared_dir: str | Path | None = None,
     echo: Callable[[str], None] = print,
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
-    """Run ``cfg.method`` end to end; returns the results.json content."""
+    """Run ``cfg.method`` end to end; returns the results.json content.
+
+    ``checkpoint_every``: also checkpoint every that many training steps
+    (0: at epoch ends only). Under torchrun, call inside
+    ``distributed.session``: every rank computes, rank 0 writes.
+    """
     import torch
+
+    from augkd_edge.distributed import current, device_for
 
     from augkd_edge.data import (
         IMAGENET_MEAN,
@@ -153,15 +186,18 @@ def run_distill(
         save_splits,
         student_split,
     )
-    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, select_device
+    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit
     from augkd_edge.method.common import make_augment, recompute_bn_stats, teacher_energies
     from augkd_edge.models.zoo import build_classifier
 
     out_dir = Path(out_dir)
+    dist = current()
+    if not dist.is_main:
+        echo = _silent
     prepare_run_dir(cfg, out_dir, resume)
     shared = Path(shared_dir) if shared_dir is not None else out_dir / "ckpt"
     ckpt_dir = out_dir / "ckpt"
-    device = select_device(cfg.device)
+    device = device_for(cfg.device)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     log = MetricsLog(out_dir / "metrics.jsonl")
     wall: dict[str, float] = {}
@@ -172,7 +208,8 @@ def run_distill(
         check_same_classes(load_domain(cfg.teacher_data, cfg.input_size), student_dom)
     num_classes = len(student_dom.classes)
     splits = student_split(student_dom.labels, cfg.shots, cfg.seed, cfg.eval_per_class, classes=student_dom.classes)
-    save_splits(out_dir / "splits.json", {"student": splits})
+    if dist.is_main:
+        save_splits(out_dir / "splits.json", {"student": splits})
     idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in splits.items()}
     x = {k: student_dom.images[i] for k, i in idx.items()}
     y = {k: student_dom.labels[i] for k, i in idx.items()}
@@ -190,7 +227,8 @@ def run_distill(
     }
     energy = teacher_energies(teacher, x["train"], mean, std)
     preds = _predictions(teacher, x["train"], mean, std)
-    _write_uncertainty(out_dir, energy, y["train"], preds, splits["train"], student_dom.classes)
+    if dist.is_main:
+        _write_uncertainty(out_dir, energy, y["train"], preds, splits["train"], student_dom.classes)
     echo(f"teacher {cfg.teacher_arch}: "
          + (f"own-domain eval top-1 {teacher_own['top1']:.4f}, " if teacher_own else "")
          + f"student-domain test top-1 {teacher_student['test']['top1']:.4f}")
@@ -198,16 +236,19 @@ def run_distill(
     # ---- student, same init for every method of a seed -------------------
     torch.manual_seed(cfg.seed)
     student = build_classifier(cfg.student_arch, num_classes).to(device)
-    common = dict(mean=mean, std=std, seed=cfg.seed)
+    common = dict(mean=mean, std=std, seed=cfg.seed, amp=cfg.amp)
     history: dict[str, list[dict[str, float]]] = {}
     generator = encoder = anchor = None
     teacher_id = cfg.teacher_file or cfg.teacher_data
     base_fp = {"teacher": teacher_id, "teacher_arch": cfg.teacher_arch, "teacher_cfg": dataclasses.asdict(cfg.teacher),
                "student_arch": cfg.student_arch, "seed": cfg.seed, "input_size": cfg.input_size}
+    if cfg.amp != "off":  # keeps the fingerprints of float32 runs as they were
+        base_fp["amp"] = cfg.amp
 
     def run_stage(stage: Any, epochs: int, path: Path, fp: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        result = fit(stage, epochs, path, log=log, resume=True, progress=progress, fingerprint=_fingerprint(fp))
+        result = fit(stage, epochs, path, log=log, resume=True, progress=progress, fingerprint=_fingerprint(fp),
+                     checkpoint_every=checkpoint_every, prefetch_batches=2 if device.type == "cuda" else 0)
         wall[stage.name] = result.wall_s
         history[stage.name] = result.history
         echo(f"  {stage.name}: best epoch {result.best_epoch}/{epochs}, "
@@ -220,6 +261,7 @@ def run_distill(
         from augkd_edge.models.generative import Encoder, Generator
 
         dc = cfg.data_free
+        seed_stage(cfg.seed, "data_free")
         generator = Generator(dc.latent_dim, cfg.input_size, width=dc.gen_width).to(device)
         encoder = Encoder(dc.latent_dim, num_classes, cfg.input_size, width=dc.gen_width).to(device)
         stage = DataFreeStage(teacher, student, generator, encoder, dc, **common)
@@ -235,6 +277,7 @@ def run_distill(
         from augkd_edge.models.anchornet import AnchorNet
 
         ac = cfg.anchor
+        seed_stage(cfg.seed, "anchor")
         anchor = AnchorNet(cfg.data_free.latent_dim, num_classes, ac.alpha, ac.hidden).to(device)
         stage = AnchorStage(teacher, generator, encoder, anchor, x["train"], y["train"], x["eval"], y["eval"], ac,
                             augment=augment, **common)
@@ -244,11 +287,12 @@ def run_distill(
                           "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class})
         anchor.load_state_dict(best["anchor"])
 
+    seed_stage(cfg.seed, cfg.method)
     final = _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common)
     if final is not None:
         echo({"augkd": "Module 3 (uncertainty-guided mixup)"}.get(cfg.method, f"{cfg.method}: student training"))
-        best = run_stage(final, cfg.mixup.epochs, ckpt_dir / f"{final.name}.ckpt",
-                         {**base_fp, "cfg": cfg.to_dict()})
+        run_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
+        best = run_stage(final, cfg.mixup.epochs, ckpt_dir / f"{final.name}.ckpt", {**base_fp, "cfg": run_cfg})
         student.load_state_dict(best["student"])
     elif cfg.mixup.recompute_bn:
         # dfkd: the Module 1 student as is, with BN statistics measured like every other method's.
@@ -256,7 +300,6 @@ def run_distill(
 
     student.eval()
     acc = {split: evaluate_classifier(student, x[split], y[split], mean, std) for split in ("eval", "test")}
-    _save_student(out_dir / "student.pt", student, cfg, student_dom, splits)
     results = {
         "schema": RESULTS_SCHEMA,
         "method": cfg.method,
@@ -274,16 +317,21 @@ def run_distill(
         "teacher": {"own_eval": teacher_own, "student_eval": teacher_student["eval"],
                     "student_test": teacher_student["test"]},
         "device": str(device),
+        "processes": dist.world,
         "augkd_edge_version": __version__,
     }
-    from augkd_edge.report import write_json
+    if dist.is_main:
+        from augkd_edge.report import write_json, write_run_report
 
-    write_json(results, out_dir / "results.json")
-    from augkd_edge.report import write_run_report
-
-    write_run_report(out_dir, results, history, student_dom.classes, x["train"], y["train"],
-                     generator=generator, encoder=encoder, anchor=anchor, cfg=cfg)
+        _save_student(out_dir / "student.pt", student, cfg, student_dom, splits)
+        write_json(results, out_dir / "results.json")
+        write_run_report(out_dir, results, history, student_dom.classes, x["train"], y["train"],
+                         generator=generator, encoder=encoder, anchor=anchor, cfg=cfg)
     return results
+
+
+def _silent(_: str) -> None:
+    """The echo of ranks other than 0."""
 
 
 def _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common):  # type: ignore[no-untyped-def]

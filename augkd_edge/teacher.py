@@ -34,6 +34,15 @@ class TeacherSettings:
     seed: int = 0
     eval_frac: float = 0.2
     input_size: int = 32
+    amp: str = "off"
+
+
+def settings_key(settings: TeacherSettings) -> dict[str, Any]:
+    """The settings that identify a trained teacher; float32 ("off") keys stay as before ``amp`` existed."""
+    key = dataclasses.asdict(settings)
+    if key["amp"] == "off":
+        del key["amp"]
+    return key
 
 
 @dataclasses.dataclass
@@ -54,22 +63,26 @@ def train_teacher(
     also_eval: list["Domain"] | None = None,
     resume: bool = True,
     progress: bool = True,
+    checkpoint_every: int = 0,
 ) -> TeacherResult:
     """Train (or resume) a teacher; writes teacher.pt, metrics.jsonl, results.json, report.md."""
     import torch
 
     from augkd_edge.checkpoint import write_text_atomic
+    from augkd_edge.distributed import current
     from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, save_splits, teacher_split
     from augkd_edge.engine import MetricsLog, evaluate_classifier, fit
     from augkd_edge.method.common import StudentStage, make_augment
     from augkd_edge.models.loading import ModelMeta, save_model_file
     from augkd_edge.models.zoo import build_classifier
 
+    main = current().is_main  # under torchrun every rank trains, rank 0 writes
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     splits = teacher_split(domain.labels, seed=settings.seed, eval_frac=settings.eval_frac)
-    save_splits(out_dir / "splits.json", {"teacher": splits})
+    if main:
+        save_splits(out_dir / "splits.json", {"teacher": splits})
     train_idx = torch.as_tensor(splits["train"], dtype=torch.long)
     eval_idx = torch.as_tensor(splits["eval"], dtype=torch.long)
 
@@ -91,8 +104,9 @@ def train_teacher(
         lr=settings.lr,
         weight_decay=settings.weight_decay,
         seed=settings.seed,
+        amp=settings.amp,
     )
-    fingerprint = json.dumps({"data": domain.name, "trainer": 2, **dataclasses.asdict(settings)}, sort_keys=True)
+    fingerprint = json.dumps({"data": domain.name, "trainer": 2, **settings_key(settings)}, sort_keys=True)
     t0 = time.perf_counter()
     result = fit(
         stage,
@@ -102,6 +116,8 @@ def train_teacher(
         resume=resume,
         progress=progress,
         fingerprint=fingerprint,
+        checkpoint_every=checkpoint_every,
+        prefetch_batches=2 if device.type == "cuda" else 0,
     )
     model.load_state_dict(result.best_state["student"])
     model.eval()
@@ -127,7 +143,9 @@ def train_teacher(
             "best_epoch": result.best_epoch,
         },
     )
-    model_path = save_model_file(out_dir / "teacher.pt", model, meta)
+    model_path = out_dir / "teacher.pt"
+    if main:
+        save_model_file(model_path, model, meta)
     wall = result.wall_s if result.wall_s else time.perf_counter() - t0
     results = {
         "schema": 1,
@@ -140,9 +158,11 @@ def train_teacher(
         "best_epoch": result.best_epoch,
         "wall_s": round(wall, 2),
         "device": str(device),
+        "processes": current().world,
     }
-    write_text_atomic(json.dumps(results, indent=2) + "\n", out_dir / "results.json")
-    write_text_atomic(_teacher_report(results), out_dir / "report.md")
+    if main:
+        write_text_atomic(json.dumps(results, indent=2) + "\n", out_dir / "results.json")
+        write_text_atomic(_teacher_report(results), out_dir / "report.md")
     return TeacherResult(model, model_path, eval_acc, other, wall)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from augkd_edge.config import METHODS, PRESETS, AnchorConfig, DataFreeConfig, MixupConfig, TeacherConfig
+from augkd_edge.config import AMP_MODES, METHODS, PRESETS, AnchorConfig, DataFreeConfig, MixupConfig, TeacherConfig
 
 SECTIONS = {"teacher": ("teacher", TeacherConfig), "df": ("data_free", DataFreeConfig),
             "anchor": ("anchor", AnchorConfig), "mixup": ("mixup", MixupConfig)}
@@ -108,7 +108,16 @@ def _latest_run(root: Path) -> Path | None:
               help="[default: augkd] augkd, or a baseline/ablation: no-kd, kd, dfkd, dfkd-finetune, no-anchor, no-mixup.")
 @click.option("--seed", type=int, default=None, help="Seed for splits, student init and data order [default: 0].")
 @click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input resolution [default: 32].")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda or cuda:N [default: auto]. Under torchrun each rank takes cuda:LOCAL_RANK.")
+@click.option("--amp", type=click.Choice(AMP_MODES), default=None,
+              help="[default: off] Mixed precision: bf16, or fp16 with gradient scaling (for GPUs); losses stay "
+                   "float32.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Also checkpoint every N training steps (0: epoch ends only); --resume continues from the "
+                   "last one.")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic kernels: a resumed or repeated run gives the same bits (slower on GPUs).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="JSON file of options (a run's config.json works); flags given on the command line override it.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -121,7 +130,8 @@ def _latest_run(root: Path) -> Path | None:
 @_hyperparameter_options
 def command(teacher_file: str | None, teacher_arch: str | None, student_arch: str | None, teacher_data: str | None,
             student_data: str | None, shots: int | None, eval_per_class: int | None, preset: str, method: str | None,
-            seed: int | None, input_size: int | None, device: str | None, config_file: str | None, out_dir: str | None,
+            seed: int | None, input_size: int | None, device: str | None, amp: str | None,
+            checkpoint_every: int, deterministic: bool, config_file: str | None, out_dir: str | None,
             resume: bool, cache_dir: str, quiet: bool, **hyper: Any) -> None:
     """Distill a student for the target domain from a teacher trained elsewhere (AuG-KD).
 
@@ -130,6 +140,8 @@ def command(teacher_file: str | None, teacher_arch: str | None, student_arch: st
     MobileNet-V3-Small student is distilled for UCI optdigits (another writer
     population, another scanner) from 10 labelled images per class. It is
     tested on the remaining ~1,650 optdigits images.
+
+    Several GPUs (or CPU processes): torchrun --nproc-per-node N -m augkd_edge.cli distill ... --out DIR
     """
     import json
 
@@ -149,7 +161,7 @@ def command(teacher_file: str | None, teacher_arch: str | None, student_arch: st
     top = {"teacher_file": teacher_file, "teacher_arch": teacher_arch, "student_arch": student_arch,
            "teacher_data": teacher_data, "student_data": student_data, "shots": shots,
            "eval_per_class": eval_per_class, "input_size": input_size, "method": method, "seed": seed,
-           "device": device}
+           "device": device, "amp": amp}
     # Only flags actually given override --config; unset ones fall back to the file, then the preset.
     data.update({k: v for k, v in top.items() if v is not None})
     for key, value in hyper.items():
@@ -160,7 +172,12 @@ def command(teacher_file: str | None, teacher_arch: str | None, student_arch: st
             data.setdefault(section, {})[field] = value
     cfg = DistillConfig.from_dict(data, source=config_file or "command line")
 
+    from augkd_edge import distributed
+    from augkd_edge.engine import set_deterministic
+
     runs_root = Path("runs")
+    if distributed.launched_by_torchrun() and out_dir is None:
+        raise UserError("under torchrun give --out RUN_FOLDER (the ranks must agree on one folder).")
     if out_dir is None and resume:
         latest = _latest_run(runs_root)
         if latest is None:
@@ -170,10 +187,13 @@ def command(teacher_file: str | None, teacher_arch: str | None, student_arch: st
         out = Path(out_dir) if out_dir else runs_root / time.strftime("distill-%Y%m%d-%H%M%S")
     cfg.out = str(out)
 
-    results = run_distill(cfg, out, resume=resume, progress=not quiet, cache_dir=Path(cache_dir).expanduser(),
-                          echo=click.echo)
-    _print_table(results)
-    click.echo(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}  student: {out / 'student.pt'}")
+    set_deterministic(deterministic)
+    with distributed.session(distributed.device_for(cfg.device)) as dist:
+        results = run_distill(cfg, out, resume=resume, progress=not quiet, cache_dir=Path(cache_dir).expanduser(),
+                              echo=click.echo, checkpoint_every=checkpoint_every)
+    if dist.is_main:
+        _print_table(results)
+        click.echo(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}  student: {out / 'student.pt'}")
 
 
 def _print_table(results: dict[str, Any]) -> None:

@@ -28,26 +28,44 @@ _D = TeacherSettings()
               help="Square input resolution the images are resized to (the paper uses 32).")
 @click.option("--also-eval", "also_eval", multiple=True, metavar="SPEC",
               help="Also report top-1/3/5 on another domain with the same classes (repeatable): shows the shift.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N. Under torchrun each rank takes cuda:LOCAL_RANK.")
+@click.option("--amp", type=click.Choice(("off", "bf16", "fp16")), default="off", show_default=True,
+              help="Mixed precision: bf16, or fp16 with gradient scaling (for GPUs).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Also checkpoint every N steps (0: epoch ends only).")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels (same bits on a rerun or resume).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT/teacher.ckpt when it exists (a finished run is not redone).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/teacher", show_default=True,
               help="Output folder: teacher.pt, teacher.ckpt, metrics.jsonl, results.json, report.md, splits.json.")
 def command(data_spec: str, arch: str, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
-            input_size: int, also_eval: tuple[str, ...], device: str, resume: bool, out_dir: str) -> None:
+            input_size: int, also_eval: tuple[str, ...], device: str, amp: str, checkpoint_every: int,
+            deterministic: bool, resume: bool, out_dir: str) -> None:
     """Train a teacher on DATA and report its accuracy on its own eval split
-    and, with --also-eval, on another domain."""
+    and, with --also-eval, on another domain.
+
+    Several GPUs (or CPU processes): torchrun --nproc-per-node N -m augkd_edge.cli teacher ...
+    """
+    from augkd_edge import distributed
     from augkd_edge.data import load_domain
-    from augkd_edge.engine import select_device
+    from augkd_edge.engine import set_deterministic
     from augkd_edge.teacher import train_teacher
 
     settings = TeacherSettings(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, seed=seed, input_size=input_size)
-    dev = select_device(device)
+                               weight_decay=weight_decay, seed=seed, input_size=input_size, amp=amp)
+    set_deterministic(deterministic)
+    dev = distributed.device_for(device)
     domain = load_domain(data_spec, input_size)
     others = [load_domain(spec, input_size) for spec in also_eval]
-    click.echo(f"teacher {arch} on {data_spec}: {len(domain.labels)} images, {len(domain.classes)} classes, {dev}")
-    result = train_teacher(domain, settings, out_dir, device=dev, also_eval=others, resume=resume)
+    with distributed.session(dev) as dist:
+        if dist.is_main:
+            click.echo(f"teacher {arch} on {data_spec}: {len(domain.labels)} images, {len(domain.classes)} classes, "
+                       f"{dev}, {dist.world} process(es)")
+        result = train_teacher(domain, settings, out_dir, device=dev, also_eval=others, resume=resume,
+                               checkpoint_every=checkpoint_every, progress=dist.is_main)
+    if not dist.is_main:
+        return
     click.echo(f"eval top-1 on {data_spec}: {result.eval_acc['top1']:.4f}")
     for name, acc in result.other_acc.items():
         click.echo(f"top-1 on {name}: {acc['top1']:.4f}")

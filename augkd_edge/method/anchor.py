@@ -24,9 +24,19 @@ from torch import nn
 
 from augkd_edge.config import AnchorConfig
 from augkd_edge.data import normalize
+from augkd_edge.distributed import current
 from augkd_edge.losses import anchor_loss
-from augkd_edge.method.common import Augment, channels_last_on_cpu, chunks, epoch_generator, freeze, labelled_batches
+from augkd_edge.method.common import (
+    Augment,
+    channels_last_on_cpu,
+    chunks,
+    epoch_generator,
+    freeze,
+    labelled_batches,
+    weighted,
+)
 from augkd_edge.models.anchornet import AnchorNet
+from augkd_edge.precision import Precision
 
 
 class AnchorStage:
@@ -50,6 +60,7 @@ class AnchorStage:
         std: Sequence[float],
         seed: int,
         augment: Augment | None = None,
+        amp: str = "off",
     ):
         self.teacher, self.generator, self.encoder, self.anchor = teacher, generator, encoder, anchor
         self.train_x, self.train_y, self.eval_x, self.eval_y = train_x, train_y, eval_x, eval_y
@@ -58,15 +69,24 @@ class AnchorStage:
         self.device = next(anchor.parameters()).device
         freeze(teacher, generator, encoder)
         channels_last_on_cpu(self.device, generator)
+        self.precision = Precision(amp, self.device)
+        self.train_anchor = current().wrap(anchor)  # DDP under torchrun
         self.optimizer = torch.optim.Adam(anchor.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(cfg.epochs, 1))
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """L_A and its parts for student images ``x`` with labels ``y``, and the teacher's logits on x_a."""
-        with torch.no_grad():
-            _, z, _ = self.encoder(x, y)  # mu: E is frozen in eval mode
-        z_a, m = self.anchor(z, y)
-        teacher_logits = self.teacher(normalize(self.generator(z_a), self.mean, self.std))
+    def losses(
+        self, x: torch.Tensor, y: torch.Tensor, anchor: nn.Module | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """L_A and its parts for student images ``x`` with labels ``y``, and the teacher's logits on x_a.
+
+        ``anchor``: the network to run (the DDP wrapper when training; default the bare AnchorNet).
+        """
+        with self.precision.autocast():
+            with torch.no_grad():
+                _, z, _ = self.encoder(x, y)  # mu: E is frozen in eval mode
+            z_a, m = (anchor or self.anchor)(z, y)
+            teacher_logits = self.teacher(normalize(self.generator(z_a), self.mean, self.std)).float()
+        m = m.float()
         cfg = self.cfg
         parts = anchor_loss(teacher_logits, y, m, tau=cfg.tau, lambda_ce=cfg.lambda_ce, alpha=cfg.alpha)
         parts["mask_mean"] = m.detach().mean()
@@ -76,23 +96,23 @@ class AnchorStage:
     def train_mode(self) -> None:
         self.anchor.train()
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         gen = epoch_generator(self.seed, epoch)
         order = torch.randperm(len(self.train_y), generator=gen)
         yield from labelled_batches(
             self.train_x, self.train_y, order, self.cfg.batch_size, gen, self.device, self.augment
         )
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        parts, _ = self.losses(x, y)
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, float]) -> dict[str, torch.Tensor]:
+        x, y, weight = batch
+        parts, _ = self.losses(x, y, self.train_anchor)
         self.optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        self.optimizer.step()
+        self.precision.backward_step(weighted(parts["loss"], weight), self.optimizer)
         return {k: v.detach() for k, v in parts.items()}
 
     def end_epoch(self, epoch: int) -> None:
         self.scheduler.step()
+        current().sync_buffers(self.anchor)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -118,12 +138,14 @@ class AnchorStage:
             "anchor": self.anchor.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.load_state_dict(state["anchor"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("scaler", {}))
 
     def best_state(self) -> dict[str, Any]:
         return {"anchor": self.anchor.state_dict()}

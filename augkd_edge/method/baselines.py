@@ -39,6 +39,7 @@ def build_baseline_stage(
     seed: int,
     teacher: nn.Module | None = None,
     augment: Augment | None = None,
+    amp: str = "off",
 ) -> StudentStage:
     """The training stage of baseline ``method`` (``dfkd`` needs none)."""
     if method not in BASELINE_STAGES:
@@ -58,5 +59,6 @@ def build_baseline_stage(
         augment=augment,
         teacher=teacher if method == "kd" else None,
         u=cfg.u if method == "kd" else 1.0,
+        amp=amp,
         **recipe(cfg),
     )

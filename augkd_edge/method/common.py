@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from augkd_edge.data import normalize
+from augkd_edge.distributed import current
+from augkd_edge.precision import Precision
 
 # ``augment(images, generator) -> images``, e.g. ``make_augment("digits")``.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -106,13 +108,33 @@ def labelled_batches(
     generator: torch.Generator,
     device: torch.device,
     augment: Augment | None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) batches in ``order``, augmented with ``generator``, on ``device``."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(images, labels, loss weight) batches in ``order``, augmented with ``generator``, on ``device``.
+
+    Under torchrun every rank draws the same whole batch (same order, same
+    augmentation) and keeps its share, so the ranks together train on exactly
+    the single-process batch; the weight makes DDP's gradient average equal
+    the whole batch's (``distributed.Dist.weight``; 1.0 in one process).
+    Batches bound for a GPU are staged in pinned memory so the copy overlaps
+    compute.
+    """
+    from augkd_edge.distributed import current
+
+    dist = current()
     for idx in split_batches(order, batch_size):
+        dist.check_batch(len(idx), "training batch")
         x = images[idx]
         if augment is not None:
             x = augment(x, generator)
-        yield x.to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
+        x, y = dist.shard(x), dist.shard(labels[idx])
+        if device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), dist.weight(len(idx))
+
+
+def weighted(loss: torch.Tensor, weight: float) -> torch.Tensor:
+    """``loss`` times this rank's share weight; untouched (same graph, same bits) in one process."""
+    return loss if weight == 1.0 else loss * weight
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
@@ -250,6 +272,7 @@ class StudentStage:
         tau: float = 1.0,
         recompute_bn: bool = False,
         optimizer: str = "adam",
+        amp: str = "off",
     ):
         self.name = name
         self.student, self.teacher = student, teacher
@@ -263,6 +286,8 @@ class StudentStage:
         self.device = next(student.parameters()).device
         freeze(teacher)
         channels_last_on_cpu(self.device, student)
+        self.precision = Precision(amp, self.device)
+        self.train_student = current().wrap(student)  # DDP under torchrun
         if optimizer == "adam":
             self.optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
         elif optimizer == "sgd":
@@ -286,23 +311,24 @@ class StudentStage:
     def train_mode(self) -> None:
         self.student.train()
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, float]]:
         gen = epoch_generator(self.seed, epoch)
         order = self.epoch_order(epoch, gen)
-        for x, y in labelled_batches(
+        for x, y, weight in labelled_batches(
             self.train_x, self.train_y, order, self.batch_size, gen, self.device, self.augment
         ):
-            yield x, y, epoch
+            yield x, y, epoch, weight
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, int]) -> dict[str, torch.Tensor]:
-        x, y, epoch = batch
-        with torch.no_grad():
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, int, float]) -> dict[str, torch.Tensor]:
+        x, y, epoch, weight = batch
+        with torch.no_grad(), self.precision.autocast():
             inputs, targets = self.student_inputs(x, y, epoch)
-            teacher_logits = self.teacher(inputs) if self.teacher is not None else None
-        loss = self.loss(self.student(inputs), teacher_logits, targets)
+            teacher_logits = self.teacher(inputs).float() if self.teacher is not None else None
+        with self.precision.autocast():
+            student_logits = self.train_student(inputs).float()
+        loss = self.loss(student_logits, teacher_logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.precision.backward_step(weighted(loss, weight), self.optimizer)
         return {"loss": loss.detach()}
 
     def loss(
@@ -316,6 +342,7 @@ class StudentStage:
 
     def end_epoch(self, epoch: int) -> None:
         self.scheduler.step()
+        current().sync_buffers(self.student)
 
     def evaluate(self) -> dict[str, float]:
         if self.recompute_bn:
@@ -327,12 +354,14 @@ class StudentStage:
             "student": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("scaler", {}))
 
     def best_state(self) -> dict[str, Any]:
         return {"student": self.student.state_dict()}

@@ -35,8 +35,17 @@ from torch import nn
 
 from augkd_edge.config import DataFreeConfig
 from augkd_edge.data import normalize
+from augkd_edge.distributed import current
 from augkd_edge.losses import BNStatsHook, encoder_loss, generator_loss, student_kl
-from augkd_edge.method.common import channels_last_on_cpu, chunks, epoch_generator, freeze, no_param_grads
+from augkd_edge.method.common import (
+    channels_last_on_cpu,
+    chunks,
+    epoch_generator,
+    freeze,
+    no_param_grads,
+    weighted,
+)
+from augkd_edge.precision import Precision
 
 _VAL_STREAM = 7  # the validation noise's own RNG stream, apart from the training epochs'
 
@@ -57,6 +66,7 @@ class DataFreeStage:
         mean: Sequence[float],
         std: Sequence[float],
         seed: int,
+        amp: str = "off",
     ):
         self.teacher, self.student, self.generator, self.encoder = teacher, student, generator, encoder
         self.cfg = cfg
@@ -64,6 +74,12 @@ class DataFreeStage:
         self.device = next(generator.parameters()).device
         freeze(teacher)
         channels_last_on_cpu(self.device, generator, student)
+        self.precision = Precision(amp, self.device)
+        dist = current()
+        dist.check_batch(cfg.batch_size, "data_free.batch_size")
+        # DDP wrappers for the training forwards; frozen uses, evaluation and state_dict use the bare nets
+        self.train_generator, self.train_encoder, self.train_student = (
+            dist.wrap(generator), dist.wrap(encoder), dist.wrap(student))
         # DCGAN practice for the generator (beta1 = 0.5): a steadier adversarial game.
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
         self.opt_e = torch.optim.Adam(encoder.parameters(), lr=cfg.lr_e)
@@ -85,28 +101,38 @@ class DataFreeStage:
         self.encoder.train()
         self.student.train()
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per iteration: z for the generator step [B, L] and for the k student steps [k, B, L]."""
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """Per iteration: z for the generator step [B, L], for the k student steps [k, B, L], the share weight.
+
+        Under torchrun every rank draws the whole single-process noise and keeps its share.
+        """
+        dist = current()
         gen = epoch_generator(self.seed, epoch, self.device)
         shape = (self.cfg.batch_size, self.cfg.latent_dim)
         for _ in range(self.cfg.iters_per_epoch):
             z_g = torch.randn(shape, generator=gen, device=self.device)
             z_s = torch.randn((self.cfg.k, *shape), generator=gen, device=self.device)
-            yield z_g, z_s
+            yield dist.shard(z_g), dist.shard(z_s, dim=1), dist.weight(self.cfg.batch_size)
 
-    def generator_parts(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def generator_parts(
+        self, z: torch.Tensor, generator: nn.Module | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """L_G and its parts for noise ``z``, with the images and the teacher's logits.
 
-        Gradient reaches G through T's and S's inputs.
+        Gradient reaches G through T's and S's inputs. ``generator``: the net
+        to run (the DDP wrapper when training; default the bare G).
         """
-        x = self.generator(z)
-        xn = self._norm(x)
-        with BNStatsHook(self.teacher) as bn:
-            teacher_logits = self.teacher(xn)
+        with self.precision.autocast():
+            x = (generator or self.generator)(z)
+            xn = self._norm(x)
+            with BNStatsHook(self.teacher) as bn:
+                teacher_logits = self.teacher(xn).float()
+            student_logits = self.student(xn).float()
+        x = x.float()
         cfg = self.cfg
         parts = generator_loss(
             teacher_logits,
-            self.student(xn),
+            student_logits,
             bn.loss(),
             adv_weight=cfg.adv_weight,
             ce_weight=cfg.ce_weight,
@@ -117,24 +143,25 @@ class DataFreeStage:
 
     def student_encoder_losses(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_S, L_E) on images G(z) made without gradient."""
-        with torch.no_grad():
-            self.generator.eval()
-            x = self.generator(z)
-            self.generator.train()
-            teacher_logits = self.teacher(self._norm(x))
-        labels = teacher_logits.argmax(dim=1)
-        loss_s = student_kl(self.student(self._norm(x)), teacher_logits)
-        z_hat, mu, logvar = self.encoder(x, labels)
-        return loss_s, encoder_loss(z_hat, z, mu, logvar, self.cfg.encoder_kl_weight)
+        with self.precision.autocast():
+            with torch.no_grad():
+                self.generator.eval()
+                x = self.generator(z).float()
+                self.generator.train()
+                teacher_logits = self.teacher(self._norm(x)).float()
+            labels = teacher_logits.argmax(dim=1)
+            student_logits = self.train_student(self._norm(x)).float()
+            z_hat, mu, logvar = self.train_encoder(x, labels)
+        loss_s = student_kl(student_logits, teacher_logits)
+        return loss_s, encoder_loss(z_hat.float(), z, mu.float(), logvar.float(), self.cfg.encoder_kl_weight)
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z_g, z_s = batch
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, float]) -> dict[str, torch.Tensor]:
+        z_g, z_s, weight = batch
         # 1. generator step; the student only passes gradients through to the images
         with no_param_grads(self.student):
-            parts, _, _ = self.generator_parts(z_g)
+            parts, _, _ = self.generator_parts(z_g, self.train_generator)
         self.opt_g.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        self.opt_g.step()
+        self.precision.backward_step(weighted(parts["loss"], weight), self.opt_g)
         # 2. k student + encoder steps (separate graphs, one backward of their sum)
         sum_s = torch.zeros((), device=self.device)
         sum_e = torch.zeros((), device=self.device)
@@ -142,9 +169,7 @@ class DataFreeStage:
             loss_s, loss_e = self.student_encoder_losses(z)
             self.opt_s.zero_grad(set_to_none=True)
             self.opt_e.zero_grad(set_to_none=True)
-            (loss_s + loss_e).backward()
-            self.opt_s.step()
-            self.opt_e.step()
+            self.precision.backward_step(weighted(loss_s + loss_e, weight), self.opt_s, self.opt_e)
             sum_s += loss_s.detach()
             sum_e += loss_e.detach()
         out = {f"g_{k}": v.detach() for k, v in parts.items()}
@@ -155,6 +180,7 @@ class DataFreeStage:
     def end_epoch(self, epoch: int) -> None:
         for scheduler in self.schedulers.values():
             scheduler.step()
+        current().sync_buffers(self.generator, self.encoder, self.student)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -185,6 +211,7 @@ class DataFreeStage:
             "student": self.student.state_dict(),
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "schedulers": {k: sch.state_dict() for k, sch in self.schedulers.items()},
+            "scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -195,6 +222,7 @@ class DataFreeStage:
             opt.load_state_dict(state["optimizers"][key])
         for key, sch in self.schedulers.items():
             sch.load_state_dict(state["schedulers"][key])
+        self.precision.load_state_dict(state.get("scaler", {}))
 
     def best_state(self) -> dict[str, Any]:
         return {

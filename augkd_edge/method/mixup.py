@@ -71,6 +71,7 @@ class MixupStage(StudentStage):
         augment: Augment | None = None,
         mixup: bool = True,
         name: str = "mixup",
+        amp: str = "off",
     ):
         super().__init__(
             name,
@@ -85,6 +86,7 @@ class MixupStage(StudentStage):
             augment=augment,
             teacher=teacher,
             u=cfg.u,
+            amp=amp,
             **recipe(cfg),
         )
         self.generator, self.encoder, self.anchor = generator, encoder, anchor
@@ -123,7 +125,8 @@ class MixupStage(StudentStage):
         else:
             psi, m = self.anchor.components(z, y)
             _, z_m = latent_mix(z, psi, m, f)
-        batch = mix_normalize(x, self.generator(z_m), f, self.mean, self.std)
+        # under --amp G's output is half precision; the mixup itself is done in x's float32
+        batch = mix_normalize(x, self.generator(z_m).to(x.dtype), f, self.mean, self.std)
         return batch, torch.cat([y, y])
 
     def evaluate(self) -> dict[str, float]:
