@@ -181,7 +181,11 @@ def test_mixup_teacher_logits_come_from_the_teacher(fresh, data):
     """Would have caught the reference bug (KD term computed with the student's own logits)."""
     stage = mixup_stage(fresh, data, u=0.0, tau=2.0)
     seen: dict[str, torch.Tensor] = {}
-    h_t = fresh["teacher"].register_forward_hook(lambda m, i, o: seen.update(t_in=i[0], t_out=o.detach()))
+    # the stage runs the teacher with BN folded into its convs: the same function
+    probe = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(stage.teacher(probe), fresh["teacher"].eval()(probe), rtol=1e-4, atol=1e-4)
+    h_t = stage.teacher.register_forward_hook(lambda m, i, o: seen.update(t_in=i[0], t_out=o.detach()))
     h_s = fresh["student"].register_forward_hook(lambda m, i, o: seen.update(s_in=i[0], s_out=o.detach()))
     try:
         batch = next(iter(stage.batches(0)))

@@ -36,6 +36,7 @@ from augkd_edge.method.common import (
     weighted,
 )
 from augkd_edge.models.anchornet import AnchorNet
+from augkd_edge.models.fold import folded_copy
 from augkd_edge.precision import Precision
 
 
@@ -68,6 +69,8 @@ class AnchorStage:
         self.mean, self.std, self.seed, self.augment = tuple(mean), tuple(std), seed, augment
         self.device = next(anchor.parameters()).device
         freeze(teacher, generator, encoder)
+        # only gradients to the input pass through T: fold its BN into the convs (same function, ~10% faster)
+        self.teacher = folded_copy(teacher)
         channels_last_on_cpu(self.device, generator)
         self.precision = Precision(amp, self.device)
         self.train_anchor = current().wrap(anchor)  # DDP under torchrun

@@ -24,6 +24,7 @@ from torch import nn
 
 from augkd_edge.data import normalize
 from augkd_edge.distributed import current
+from augkd_edge.models.fold import folded_copy
 from augkd_edge.precision import Precision
 
 # ``augment(images, generator) -> images``, e.g. ``make_augment("digits")``.
@@ -275,7 +276,9 @@ class StudentStage:
         amp: str = "off",
     ):
         self.name = name
-        self.student, self.teacher = student, teacher
+        freeze(teacher)
+        # BN folded into the convs: the same function, fewer passes (models/fold.py)
+        self.student, self.teacher = student, folded_copy(teacher) if teacher is not None else None
         self.train_x, self.train_y = train_x, train_y
         self.eval_x, self.eval_y = eval_x, eval_y
         self.mean, self.std = tuple(mean), tuple(std)
@@ -284,7 +287,6 @@ class StudentStage:
         self.u, self.tau = u, tau
         self.recompute_bn = recompute_bn
         self.device = next(student.parameters()).device
-        freeze(teacher)
         channels_last_on_cpu(self.device, student)
         self.precision = Precision(amp, self.device)
         self.train_student = current().wrap(student)  # DDP under torchrun
