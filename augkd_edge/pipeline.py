@@ -101,7 +101,8 @@ def _subset(domain: "Domain", max_images: int | None, seed: int) -> "Domain":
 
 
 def obtain_teacher(
-    cfg: "DistillConfig", num_classes: int, *, device: "torch.device", cache_dir: Path, progress: bool
+    cfg: "DistillConfig", num_classes: int, *, device: "torch.device", cache_dir: Path, progress: bool,
+    checkpoint_every: int = 0,
 ) -> tuple["nn.Module", dict[str, Any] | None, float]:
     """The user's teacher file, or a teacher trained on ``teacher_data`` and cached by its config.
 
@@ -136,7 +137,8 @@ def obtain_teacher(
         raise UserError(
             f"teacher data {cfg.teacher_data!r} has {len(domain.classes)} classes, the student data {num_classes}."
         )
-    result = train_teacher(domain, settings, tdir, device=device, resume=True, progress=progress)
+    result = train_teacher(domain, settings, tdir, device=device, resume=True, progress=progress,
+                           checkpoint_every=checkpoint_every)
     return result.model, result.eval_acc, time.perf_counter() - t0
 
 
@@ -219,7 +221,8 @@ def run_distill(
 
     # ---- teacher ------------------------------------------------------------
     teacher, teacher_own, wall["teacher"] = obtain_teacher(
-        cfg, num_classes, device=device, cache_dir=Path(cache_dir), progress=progress
+        cfg, num_classes, device=device, cache_dir=Path(cache_dir), progress=progress,
+        checkpoint_every=checkpoint_every,
     )
     teacher.eval()
     teacher_student = {

@@ -141,3 +141,12 @@ def test_resume_with_another_process_count_is_refused(tmp_path: Path) -> None:
                          weight_decay=0.0, seed=1)
     with pytest.raises(UserError, match="2 process"):
         fit(stage, 3, ckpt_path, progress=False)
+
+
+def test_torchrun_without_out_is_a_user_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from augkd_edge.cli import main
+
+    res = CliRunner().invoke(main, ["distill", "--quiet"], env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert res.exit_code == 2 and "under torchrun give --out" in res.output
