@@ -122,6 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     results["mixup"]["f"] = stage3.factor(0)
     for name, step in steps.items():
+        results[name]["time_shares"] = _time_shares(step)
         flops = _flops(step)
         row = results[name]
         row["gflop_per_step"] = flops / 1e9
@@ -130,6 +131,35 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for rate, gflops in args.rates.items():
             row[f"images_per_s_at_{rate}"] = row["images_per_step"] / (flops / 1e9 / gflops)
     return results
+
+
+# aten ops by what bounds them: convolutions (oneDNN, compute-bound), BatchNorm passes, the
+# optimizers' updates; everything else (activations, elementwise, copies, losses) is "other".
+_CATEGORIES = {
+    "convolution": ("mkldnn_convolution", "convolution_backward", "_convolution", "cudnn_convolution",
+                    "conv_transpose", "slow_conv"),
+    "matmul": ("addmm", "aten::mm", "bmm", "linear"),
+    "batch_norm": ("batch_norm",),
+    "optimizer": ("Optimizer.", "_foreach", "lerp", "aten::sqrt", "addcdiv", "addcmul"),
+}
+
+
+def _time_shares(step: Callable[[], Any]) -> dict[str, float]:
+    """Share of one step's self CPU time per op category (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    totals = {name: 0.0 for name in (*_CATEGORIES, "other")}
+    for event in prof.key_averages():
+        if event.key.startswith("Optimizer.") and not event.key.startswith("Optimizer.step"):
+            continue
+        category = next((c for c, keys in _CATEGORIES.items() if any(k in event.key for k in keys)), "other")
+        if category == "optimizer" and event.key.startswith("Optimizer.step"):
+            continue  # its children are counted; its own self time is Python overhead
+        totals[category] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {name: value / whole for name, value in totals.items()}
 
 
 def _flops(step: Callable[[], Any]) -> float:
@@ -211,6 +241,11 @@ def markdown(report: dict[str, Any]) -> str:
 
         lines.append(f"| {stage} | {row['gflop_per_step']:.1f} | {row['gflop_per_s']:.1f} | {at('conv')} | "
                      f"{at('sgemm')} |")
+    names = list(next(iter(report["stages"].values()))["time_shares"])
+    lines += ["", "Share of one step's CPU time by op kind (torch.profiler, self time):", "",
+              "| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for stage, row in report["stages"].items():
+        lines.append(f"| {stage} | " + " | ".join(f"{row['time_shares'][n]:.0%}" for n in names) + " |")
     lines += ["", "Reference: the public AuG-KD code on the same 2-core CPU and configuration, float32 (METHOD.md); "
               "ratios are given only for that configuration."]
     return "\n".join(lines) + "\n"
