@@ -36,7 +36,7 @@ MODULES = {  # stage -> (line the CLI prints when it starts, steps per epoch, ep
     "anchor": ("Module 2", 4, 2),
     "mixup": ("Module 3", 4, 3),
 }
-TRIALS = 2
+TRIALS = 3
 
 
 @pytest.fixture(scope="module")
