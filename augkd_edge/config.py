@@ -34,7 +34,7 @@ METHODS = ("augkd", "no-kd", "kd", "dfkd", "dfkd-finetune", "no-anchor", "no-mix
 PRESETS = ("quick", "paper")
 SCHEDULES = ("linear", "step")
 CURRICULA = ("none", "energy")
-AMP_MODES = ("off", "bf16", "fp16")  # as augkd_edge.precision (imported there with torch)
+AMP_MODES = ("off", "bf16", "fp16")  # --amp; augkd_edge.precision implements them
 
 
 @dataclasses.dataclass

@@ -273,6 +273,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    from augkd_edge.checkpoint import save_atomic
     from augkd_edge.distributed import current
 
     dist = current()
@@ -297,8 +298,6 @@ def fit(
             save_atomic({**run.record(stage, epochs, done, fingerprint, dist.world), "rng": rngs[0],
                          "rng_ranks": rngs if dist.enabled else None}, ckpt_path)
 
-    from augkd_edge.checkpoint import save_atomic
-
     t0 = time.perf_counter()
     bar = tqdm(total=epochs, initial=run.epoch, desc=stage.name, disable=not (progress and dist.is_main),
                leave=False, unit="ep")
@@ -316,7 +315,7 @@ def fit(
             run.step += 1
             if checkpoint_every and run.step % checkpoint_every == 0:
                 run.check_finite(stage.name, epoch, ckpt_path)  # never checkpoint NaN weights
-                run.wall = run.wall_before + time.perf_counter() - t0
+                run.clock(t0)
                 save(done=False)
         stage.end_epoch(epoch)
         # one host sync per epoch, not per step
@@ -324,14 +323,13 @@ def fit(
         metrics.update(stage.evaluate())
         metrics["epoch"] = epoch + 1
         run.add_epoch(stage, metrics)
-        run.wall = run.wall_before + time.perf_counter() - t0
-        metrics["wall_s"] = round(run.wall, 3)
+        metrics["wall_s"] = round(run.clock(t0), 3)
         save(done=epoch + 1 >= epochs)
         log.write({"stage": stage.name, **metrics})
         bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("select", "train_loss")})
         bar.update(1)
     bar.close()
-    run.wall = run.wall_before + time.perf_counter() - t0
+    run.clock(t0)
     return run.result()
 
 
@@ -358,11 +356,11 @@ class _FitState:
         self.sums = dict(ckpt.get("sums") or {})
         self.wall_before = self.wall = float(ckpt["wall_s"])
 
-    def check_finite(self, name: str, epoch: int, ckpt_path: Path,
-                     sums: dict[str, "torch.Tensor"] | None = None) -> dict[str, float]:
+    def check_finite(self, name: str, epoch: int, ckpt_path: Path) -> dict[str, float]:
+        """Mean training metrics so far, averaged over ranks (so every rank decides alike); raise on NaN/Inf."""
         from augkd_edge.distributed import current
 
-        sums = current().mean(self.sums) if sums is None else sums  # every rank decides alike
+        sums = current().mean(self.sums)
         metrics = {f"train_{k}": float(v) / max(self.step, 1) for k, v in sums.items()}
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
@@ -373,11 +371,14 @@ class _FitState:
         return metrics
 
     def finish_epoch(self, name: str, epoch: int, ckpt_path: Path) -> dict[str, float]:
-        from augkd_edge.distributed import current
-
-        metrics = self.check_finite(name, epoch, ckpt_path, current().mean(self.sums))
+        metrics = self.check_finite(name, epoch, ckpt_path)
         self.epoch, self.step, self.sums = epoch + 1, 0, {}
         return metrics
+
+    def clock(self, t0: float) -> float:
+        """Wall seconds of this stage so far: earlier sessions plus this one (started at ``t0``)."""
+        self.wall = self.wall_before + time.perf_counter() - t0
+        return self.wall
 
     def add_epoch(self, stage: Stage, metrics: dict[str, float]) -> None:
         self.history.append(metrics)
@@ -460,6 +461,14 @@ def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+def prefetch_depth(device: "torch.device") -> int:
+    """Batches to prepare ahead for ``fit``: 2 when a GPU would otherwise wait, none on CPU.
+
+    On a CPU the producer thread would only compete with training for the same cores.
+    """
+    return 2 if device.type == "cuda" else 0
 
 
 def set_deterministic(enabled: bool = True) -> None:

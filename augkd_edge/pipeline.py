@@ -178,8 +178,6 @@ def run_distill(
     """
     import torch
 
-    from augkd_edge.distributed import current, device_for
-
     from augkd_edge.data import (
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -188,7 +186,8 @@ def run_distill(
         save_splits,
         student_split,
     )
-    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit
+    from augkd_edge.distributed import current, device_for
+    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, prefetch_depth
     from augkd_edge.method.common import make_augment, recompute_bn_stats, teacher_energies
     from augkd_edge.models.zoo import build_classifier
 
@@ -251,7 +250,7 @@ def run_distill(
     def run_stage(stage: Any, epochs: int, path: Path, fp: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         result = fit(stage, epochs, path, log=log, resume=True, progress=progress, fingerprint=_fingerprint(fp),
-                     checkpoint_every=checkpoint_every, prefetch_batches=2 if device.type == "cuda" else 0)
+                     checkpoint_every=checkpoint_every, prefetch_batches=prefetch_depth(device))
         wall[stage.name] = result.wall_s
         history[stage.name] = result.history
         echo(f"  {stage.name}: best epoch {result.best_epoch}/{epochs}, "

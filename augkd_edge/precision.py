@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-AMP_MODES = ("off", "bf16", "fp16")
+from augkd_edge.config import AMP_MODES
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

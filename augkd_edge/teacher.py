@@ -69,9 +69,9 @@ def train_teacher(
     import torch
 
     from augkd_edge.checkpoint import write_text_atomic
-    from augkd_edge.distributed import current
     from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, save_splits, teacher_split
-    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit
+    from augkd_edge.distributed import current
+    from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, prefetch_depth
     from augkd_edge.method.common import StudentStage, make_augment
     from augkd_edge.models.loading import ModelMeta, save_model_file
     from augkd_edge.models.zoo import build_classifier
@@ -117,7 +117,7 @@ def train_teacher(
         progress=progress,
         fingerprint=fingerprint,
         checkpoint_every=checkpoint_every,
-        prefetch_batches=2 if device.type == "cuda" else 0,
+        prefetch_batches=prefetch_depth(device),
     )
     model.load_state_dict(result.best_state["student"])
     model.eval()

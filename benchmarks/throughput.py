@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from augkd_edge.config import DistillConfig
+from augkd_edge.config import AMP_MODES, DistillConfig
 from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD
 from augkd_edge.method.anchor import AnchorStage
 from augkd_edge.method.common import make_augment
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", default="mobilenet_v3_small")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per stage first")
     parser.add_argument("--iters", type=int, default=8, help="timed steps per stage (median reported)")
-    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+    parser.add_argument("--amp", default="off", choices=AMP_MODES,
                         help="mixed precision (not the reference's float32 math: no ratio is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--label", default=None, help="machine label for the file name (default: cpu-<cores>core)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from augkd_edge.config import AMP_MODES
 from augkd_edge.teacher import TeacherSettings
 
 _D = TeacherSettings()
@@ -30,7 +31,7 @@ _D = TeacherSettings()
               help="Also report top-1/3/5 on another domain with the same classes (repeatable): shows the shift.")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N. Under torchrun each rank takes cuda:LOCAL_RANK.")
-@click.option("--amp", type=click.Choice(("off", "bf16", "fp16")), default="off", show_default=True,
+@click.option("--amp", type=click.Choice(AMP_MODES), default="off", show_default=True,
               help="Mixed precision: bf16, or fp16 with gradient scaling (for GPUs).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=50, show_default=True,
               help="Also checkpoint every N steps (0: epoch ends only).")

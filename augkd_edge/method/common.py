@@ -119,8 +119,6 @@ def labelled_batches(
     Batches bound for a GPU are staged in pinned memory so the copy overlaps
     compute.
     """
-    from augkd_edge.distributed import current
-
     dist = current()
     for idx in split_batches(order, batch_size):
         dist.check_batch(len(idx), "training batch")
