@@ -35,6 +35,8 @@ PRESETS = ("quick", "paper")
 SCHEDULES = ("linear", "step")
 CURRICULA = ("none", "energy")
 AMP_MODES = ("off", "bf16", "fp16")  # --amp; augkd_edge.precision implements them
+ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
+TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
 
 
 @dataclasses.dataclass
@@ -91,25 +93,37 @@ class DataFreeConfig:
     bn_weight: float = 0.05
     # Weight of the encoder's KL(N(mu, sigma^2) || N(0, I)) term.
     encoder_kl_weight: float = 2.5e-4
+    # Weight of the encoder's image-space error ||G(E(x, y)) - x||^2 (per-pixel mean); 0 = the paper's
+    # latent error alone. docs/method.md, "Module 1".
+    encoder_recon_weight: float = 0.0
     # Size of the fixed validation noise set used for checkpoint selection.
     val_samples: int = 256
 
 
 @dataclasses.dataclass
 class AnchorConfig:
-    """Module 2: AnchorNet, mapping student samples to teacher-domain anchors."""
+    """Module 2: AnchorNet, mapping student samples to teacher-domain anchors.
+
+    ``objective="bounded"`` (default) is this project's loss, ``"paper"`` the
+    published one, which collapses every anchor onto one image; why and the
+    measurements behind each default are in docs/method.md ("Module 2").
+    """
 
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 64
+    # "bounded": squared hinge on the energy at a margin + label CE + mask + latent keep term;
+    # "paper": Energy + lambda_ce * CE + mask (the published loss).
+    objective: str = "bounded"
     # Energy temperature: Energy_tau(f) = -tau * logsumexp(f / tau).
     tau: float = 1.0
-    # Weight of CE(T(norm(x_a)), y). Measured: at 0.1 (the reference) the loss still falls
-    # when the teacher grows confident in a *wrong* class (energy ~ -max logit outweighs
-    # 0.1 x CE), and the anchors of a short quick run all went to one class (teacher top-1 on
-    # anchors 0.10); 1.0 gave 0.38. The final Module 3 student was the same within noise
-    # (0.785 / 0.780 test top-1, one seed), so the reference value stays the default.
-    lambda_ce: float = 0.1
+    # Weight of CE(T(norm(x_a)), y) (paper 0.1).
+    lambda_ce: float = 1.0
+    # bounded: the energy level below which certainty is not rewarded further; null = the
+    # teacher's mean energy on its own domain (measured once per run, docs/method.md).
+    energy_margin: float | None = None
+    # bounded: weight of ||z_a - z||^2 / L, which keeps the anchor near the sample's latent.
+    lambda_z: float = 0.1
     # Invariant ratio: fraction of latent dimensions kept; the mask targets L * (1 - alpha).
     alpha: float = 0.25
     # Hidden width of the mapping psi.
@@ -136,6 +150,9 @@ class MixupConfig:
     tau: float = 10.0
     # "none" or "energy": present the teacher's most certain samples first (see method/mixup.py).
     curriculum: str = "none"
+    # "measured": the teacher's share 1 - u (and the curriculum's start b) follow its chance-corrected top-1 on
+    # the eval split's raw images and anchors; "fixed": 1 - u throughout (the paper). docs/method.md, "Module 3".
+    teacher_trust: str = "measured"
     # Recompute the student's BatchNorm statistics on the training images before each evaluation.
     recompute_bn: bool = True
 
@@ -251,6 +268,8 @@ class DistillConfig:
                    "val_samples"), need)
         _positive(self.anchor, "anchor", ("epochs", "lr", "batch_size", "tau", "hidden"), need)
         need(0 < self.anchor.alpha < 1, "anchor.alpha", self.anchor.alpha, "use a value in (0, 1)")
+        need(self.anchor.objective in ANCHOR_OBJECTIVES, "anchor.objective", self.anchor.objective,
+             f"use one of {', '.join(ANCHOR_OBJECTIVES)}")
         _positive(self.mixup, "mixup", ("epochs", "lr", "batch_size", "a", "tau"), need)
         need(self.mixup.a <= 1, "mixup.a", self.mixup.a, "use a value in (0, 1]")
         need(0 <= self.mixup.b <= 1, "mixup.b", self.mixup.b, "use a value in [0, 1]")
@@ -259,9 +278,11 @@ class DistillConfig:
              f"use one of {', '.join(SCHEDULES)}")
         need(self.mixup.curriculum in CURRICULA, "mixup.curriculum", self.mixup.curriculum,
              f"use one of {', '.join(CURRICULA)}")
+        need(self.mixup.teacher_trust in TEACHER_TRUST, "mixup.teacher_trust", self.mixup.teacher_trust,
+             f"use one of {', '.join(TEACHER_TRUST)}")
         for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",
-                                             "encoder_kl_weight")),
-                              ("anchor", ("lambda_ce",)), ("mixup", ("weight_decay",))):
+                                             "encoder_kl_weight", "encoder_recon_weight")),
+                              ("anchor", ("lambda_ce", "lambda_z")), ("mixup", ("weight_decay",))):
             for key in keys:
                 value = getattr(getattr(self, section), key)
                 need(value >= 0, f"{section}.{key}", value, "use a value >= 0")

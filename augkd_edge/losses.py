@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augkd_edge.config import ANCHOR_OBJECTIVES
+
 
 # ---------------------------------------------------------------- shared parts
 def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -152,6 +154,19 @@ def encoder_loss(
 
 
 # ---------------------------------------------------------------- Module 2
+
+
+def bounded_energy(logits: torch.Tensor, margin: float | torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Per-sample squared hinge max(0, Energy_tau(f) - margin)^2 (energy-bounded learning, Liu et al. 2020).
+
+    Zero once the teacher is as certain as ``margin`` (its energy on its own
+    domain): unlike the raw energy it cannot fall forever, so it gives no
+    reward for driving every anchor to one over-confident image
+    (docs/method.md, "Module 2").
+    """
+    return torch.relu(energy(logits, tau) - margin).pow(2)
+
+
 def anchor_loss(
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -160,22 +175,46 @@ def anchor_loss(
     tau: float = 1.0,
     lambda_ce: float = 0.1,
     alpha: float = 0.25,
+    objective: str = "paper",
+    margin: float | None = None,
+    z: torch.Tensor | None = None,
+    z_a: torch.Tensor | None = None,
+    lambda_z: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Module 2 loss, per sample then averaged, and its parts.
 
-    L_A = Energy_tau(T(norm(x_a))) + lambda_ce * CE(T(norm(x_a)), y) + |sum_j m_j - L (1 - alpha)| / L
+    ``objective="paper"``::
+
+        L_A = Energy_tau(T(x_a)) + lambda_ce * CE(T(x_a), y) + |sum_j m_j - L (1 - alpha)| / L
+
+    ``objective="bounded"`` (the default of ``AnchorConfig``; docs/method.md)::
+
+        L_A = max(0, Energy_tau(T(x_a)) - margin)^2 + lambda_ce * CE(T(x_a), y)
+              + |sum_j m_j - L (1 - alpha)| / L + lambda_z * ||z_a - z||^2 / L
 
     The mask term is per sample with a target inside the mask's reachable
-    range [0, L] (defect 3 of the reference code compared a batch sum with a
-    per-sample target that its mask could not reach).
+    range [0, L] (the public code compared a batch sum with a per-sample
+    target its mask could not reach). ``energy`` is always the raw mean
+    energy, whatever the objective, so runs stay comparable.
     """
+    if objective not in ANCHOR_OBJECTIVES:
+        raise ValueError(f"unknown anchor objective {objective!r}; use one of {', '.join(ANCHOR_OBJECTIVES)}")
     latent = mask.shape[1]
     parts = {
         "energy": energy(teacher_logits, tau).mean(),
         "ce": F.cross_entropy(teacher_logits, labels),
         "mask": ((mask.sum(dim=1) - latent * (1.0 - alpha)).abs() / latent).mean(),
     }
-    parts["loss"] = parts["energy"] + lambda_ce * parts["ce"] + parts["mask"]
+    if objective == "paper":
+        parts["loss"] = parts["energy"] + lambda_ce * parts["ce"] + parts["mask"]
+        return parts
+    if margin is None:
+        raise ValueError("the bounded anchor objective needs the energy margin (the teacher's in-domain energy)")
+    parts["energy_hinge"] = bounded_energy(teacher_logits, margin, tau).mean()
+    parts["loss"] = parts["energy_hinge"] + lambda_ce * parts["ce"] + parts["mask"]
+    if z is not None and z_a is not None:
+        parts["keep"] = (z_a - z).pow(2).sum(dim=1).mean() / latent
+        parts["loss"] = parts["loss"] + lambda_z * parts["keep"]
     return parts
 
 

@@ -157,3 +157,53 @@ def test_stage_factor_step_rounds_down_to_tenths():
     assert all(s <= losses.stage_factor(e, 10, 0.6, 0.2) + 1e-12 for e, s in enumerate(values))
     with pytest.raises(ValueError):
         losses.stage_factor(0, 10, schedule="cosine")
+
+
+def test_bounded_energy_is_a_squared_hinge_at_the_margin():
+    energies = [-math.log(sum(math.exp(v) for v in row)) for row in T.tolist()]  # about -2.17 and -1.86
+    for margin in (-2.0, -3.0, 0.0):  # -2.0 lies between the two energies: one row is 0
+        expected = [max(0.0, e - margin) ** 2 for e in energies]
+        assert losses.bounded_energy(T, margin).tolist() == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    # below the margin nothing is left to gain: no gradient pushes the logits further
+    logits = T.clone().requires_grad_(True)
+    losses.bounded_energy(logits, 0.0).sum().backward()
+    assert torch.count_nonzero(logits.grad) == 0
+    # tau scales the energy: -tau * logsumexp(f / tau)
+    e2 = [-2.0 * math.log(sum(math.exp(v / 2.0) for v in row)) for row in T.tolist()]
+    assert losses.bounded_energy(T, -5.0, tau=2.0).tolist() == pytest.approx([(e + 5.0) ** 2 for e in e2], rel=1e-6)
+
+
+def test_bounded_anchor_loss_by_hand():
+    latent, alpha, margin, lambda_ce, lambda_z = 4, 0.25, -3.0, 1.0, 0.1
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    z = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]])
+    z_a = torch.tensor([[0.0, 1.0, 2.0, 5.0], [0.0, 1.0, 1.0, 1.0]])  # squared distances 4 and 1
+    parts = losses.anchor_loss(T, Y, mask, lambda_ce=lambda_ce, alpha=alpha, objective="bounded", margin=margin,
+                               z=z, z_a=z_a, lambda_z=lambda_z)
+    energies = [-math.log(sum(math.exp(v) for v in row)) for row in T.tolist()]
+    hinge = [max(0.0, e - margin) ** 2 for e in energies]
+    ces = [ce(T[0].tolist(), 0), ce(T[1].tolist(), 2)]
+    mask_terms = [abs(4 - 3) / latent, abs(2 - 3) / latent]
+    keep = [4 / latent, 1 / latent]
+    assert parts["energy"].item() == pytest.approx(sum(energies) / 2, rel=1e-6)  # raw energy still logged
+    assert parts["energy_hinge"].item() == pytest.approx(sum(hinge) / 2, rel=1e-6)
+    assert parts["keep"].item() == pytest.approx(sum(keep) / 2, rel=1e-6)
+    expected = sum(h + lambda_ce * c + m + lambda_z * k for h, c, m, k in zip(hinge, ces, mask_terms, keep)) / 2
+    assert parts["loss"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="margin"):
+        losses.anchor_loss(T, Y, mask, objective="bounded")
+    with pytest.raises(ValueError, match="objective"):
+        losses.anchor_loss(T, Y, mask, objective="energy")
+
+
+def test_bounded_anchor_loss_does_not_reward_a_confident_wrong_class():
+    """The collapse the paper's loss allows: a huge logit for a wrong class lowers its loss, not the bounded one's."""
+    mask = torch.full((1, 4), 0.75)
+    label = torch.tensor([0])
+    right = torch.tensor([[6.0, 0.0, 0.0]])
+    wrong = torch.tensor([[0.0, 30.0, 0.0]])
+    paper = {k: losses.anchor_loss(v, label, mask, lambda_ce=0.1)["loss"].item() for k, v in (("r", right), ("w", wrong))}
+    bounded = {k: losses.anchor_loss(v, label, mask, objective="bounded", margin=-5.0)["loss"].item()
+               for k, v in (("r", right), ("w", wrong))}
+    assert paper["w"] < paper["r"]
+    assert bounded["r"] < bounded["w"]

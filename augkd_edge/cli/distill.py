@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,19 @@ HELP = {
     "data_free.ce_weight": "Weight of CE(T(x), argmax T(x)).",
     "data_free.bn_weight": "Weight of the BatchNorm statistics-matching loss.",
     "data_free.encoder_kl_weight": "Weight of the encoder's KL(N(mu, sigma^2) || N(0, I)) term.",
+    "data_free.encoder_recon_weight": "Weight of the encoder's image-space error ||G(E(x, y)) - x||^2 "
+                                      "(0 = the paper's latent error only).",
     "data_free.val_samples": "Fixed validation noise samples used to select the Module 1 checkpoint.",
     "anchor.epochs": "Module 2 epochs.",
     "anchor.lr": "AnchorNet learning rate (Adam).",
     "anchor.batch_size": "Module 2 batch size.",
     "anchor.tau": "Energy temperature tau of the anchor loss.",
-    "anchor.lambda_ce": "Weight lambda_ce of CE(T(x_a), y) in the anchor loss.",
+    "anchor.objective": "Anchor loss: bounded (squared energy hinge at a margin + label CE + latent keep term) "
+                        "or paper (raw energy + lambda_ce CE; collapses, see docs/method.md).",
+    "anchor.lambda_ce": "Weight lambda_ce of CE(T(x_a), y) in the anchor loss (paper 0.1).",
+    "anchor.energy_margin": "bounded: energy level at which certainty stops being rewarded; "
+                            "default: the teacher's mean energy on its own domain.",
+    "anchor.lambda_z": "bounded: weight of ||z_a - z||^2 / L, keeping anchors near their sample's latent.",
     "anchor.alpha": "Invariant ratio alpha: the mask targets L * (1 - alpha) rewritten dimensions.",
     "anchor.hidden": "Hidden width of the AnchorNet mapping psi.",
     "mixup.epochs": "Module 3 epochs (also the baselines' student-domain epochs).",
@@ -58,6 +66,8 @@ HELP = {
     "mixup.u": "Loss weight u of CE; 1 - u weighs tau^2 * KL(T || S).",
     "mixup.tau": "Distillation temperature tau.",
     "mixup.curriculum": "Uncertainty curriculum: none, or energy (teacher-certain samples first).",
+    "mixup.teacher_trust": "measured: the teacher's loss share 1 - u and the curriculum's start follow its "
+                           "chance-corrected top-1 on eval images and anchors; fixed: 1 - u throughout (paper).",
     "mixup.recompute_bn": "Recompute the student's BatchNorm statistics on the training images before evaluation.",
 }
 
@@ -69,14 +79,18 @@ def _flag(prefix: str, field: str) -> str:
 def _hyperparameter_options(func: Any) -> Any:
     for prefix, (section, cls) in reversed(list(SECTIONS.items())):
         defaults = cls()
+        hints = typing.get_type_hints(cls)
         for f in reversed(dataclasses.fields(cls)):
             key = f"{section}.{f.name}"
             default = getattr(defaults, f.name)
+            # optional fields (default None) take the type they hold when set
+            kind = type(default) if default is not None else next(
+                t for t in typing.get_args(hints[f.name]) if t is not type(None))
             if isinstance(default, bool):
                 option = click.option(f"{_flag(prefix, f.name)}/{_flag(prefix, 'no-' + f.name)}", key.replace(".", "__"),
                                       default=None, help=f"{HELP.get(key, key)} [quick: {default}]")
             else:
-                typ = {int: int, float: float, str: str}.get(type(default), int)
+                typ = {int: int, float: float, str: str}.get(kind, int)
                 option = click.option(_flag(prefix, f.name), key.replace(".", "__"), type=typ, default=None,
                                       help=f"{HELP.get(key, key)} [quick: {default}]")
             func = option(func)
@@ -209,3 +223,15 @@ def _print_table(results: dict[str, Any]) -> None:
     click.echo(f"{'':{width}}  top-1   top-3   top-5")
     for name, acc in rows:
         click.echo(f"{name:{width}}  {acc['top1']:.4f}  {acc['top3']:.4f}  {acc['top5']:.4f}")
+    rec, anc = results.get("reconstruction"), results.get("anchor")
+    if rec is not None or anc is not None:
+        click.echo("\nModule health (eval split):")
+        click.echo(f"  teacher top-1 on raw images {t['student_eval']['top1']:.2f}"
+                   + (f", on reconstructions G(E(x, y)) {rec['teacher_top1']:.2f}" if rec is not None else ""))
+    if anc is not None:
+        ref = anc["teacher_domain_energy_mean"]
+        click.echo(f"  anchors: teacher top-1 {anc['teacher_top1']:.2f}, largest class share "
+                   f"{anc['max_class_share']:.2f}, mean energy {anc['energy_mean']:.2f}"
+                   + (f" (teacher's own domain {ref:.2f})" if ref is not None else ""))
+    for line in results.get("health_problems") or []:
+        click.echo(f"  warning: {line}")

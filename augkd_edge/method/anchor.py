@@ -7,11 +7,14 @@ the teacher is certain about the generated image (METHOD.md)::
     z = E(x_s, y)                            (E frozen, eval mode: z = mu)
     z_a, m = A(z, y)                         (z_a = m * psi(m * z) + (1 - m) * z)
     x_a = G(z_a)                             (G frozen)
-    L_A = Energy_tau(T(norm(x_a))) + lambda_ce * CE(T(norm(x_a)), y) + |sum_j m_j - L (1 - alpha)| / L
+    L_A = max(0, Energy_tau(T(norm(x_a))) - margin)^2 + lambda_ce * CE(T(norm(x_a)), y)
+          + |sum_j m_j - L (1 - alpha)| / L + lambda_z * ||z_a - z||^2 / L
 
-per sample, averaged (``losses.anchor_loss``). Only A is trained; gradients
-pass through the frozen G and T to A without touching their parameters.
-Selection: L_A on the eval split.
+per sample, averaged (``losses.anchor_loss``; ``objective="paper"`` gives the
+published Energy + lambda_ce * CE + mask, which collapses: docs/method.md).
+``margin`` is the teacher's mean energy on its own domain, measured once per
+run by the pipeline. Only A is trained; gradients pass through the frozen G
+and T to A without touching their parameters. Selection: L_A on the eval split.
 """
 
 from __future__ import annotations
@@ -62,8 +65,11 @@ class AnchorStage:
         seed: int,
         augment: Augment | None = None,
         amp: str = "off",
+        margin: float | None = None,
     ):
+        """``margin``: the bounded objective's energy margin when ``cfg.energy_margin`` is null."""
         self.teacher, self.generator, self.encoder, self.anchor = teacher, generator, encoder, anchor
+        self.margin = cfg.energy_margin if cfg.energy_margin is not None else margin
         self.train_x, self.train_y, self.eval_x, self.eval_y = train_x, train_y, eval_x, eval_y
         self.cfg = cfg
         self.mean, self.std, self.seed, self.augment = tuple(mean), tuple(std), seed, augment
@@ -91,7 +97,9 @@ class AnchorStage:
             teacher_logits = self.teacher(normalize(self.generator(z_a), self.mean, self.std)).float()
         m = m.float()
         cfg = self.cfg
-        parts = anchor_loss(teacher_logits, y, m, tau=cfg.tau, lambda_ce=cfg.lambda_ce, alpha=cfg.alpha)
+        parts = anchor_loss(teacher_logits, y, m, tau=cfg.tau, lambda_ce=cfg.lambda_ce, alpha=cfg.alpha,
+                            objective=cfg.objective, margin=self.margin, z=z.float(), z_a=z_a.float(),
+                            lambda_z=cfg.lambda_z)
         parts["mask_mean"] = m.detach().mean()
         return parts, teacher_logits
 
@@ -124,15 +132,20 @@ class AnchorStage:
         sums: dict[str, torch.Tensor] = {}
         n = len(self.eval_y)
         hits = torch.zeros((), device=self.device)
+        counts = torch.zeros(self.anchor.num_classes, device=self.device)
         for sl in chunks(n, self.cfg.batch_size):
             x = self.eval_x[sl].to(self.device, non_blocking=True)
             y = self.eval_y[sl].to(self.device, non_blocking=True)
             parts, teacher_logits = self.losses(x, y)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value * (len(y) / n)
-            hits += (teacher_logits.argmax(dim=1) == y).sum()
+            pred = teacher_logits.argmax(dim=1)
+            hits += (pred == y).sum()
+            counts += torch.bincount(pred, minlength=len(counts))
         out = {f"eval_{k}": float(v) for k, v in sums.items()}
         out["eval_anchor_teacher_top1"] = float(hits) / max(n, 1)
+        # a collapsed AnchorNet sends most samples to one class (docs/method.md, "Module 2")
+        out["eval_anchor_max_class_share"] = float(counts.max()) / max(n, 1)
         out["select"] = out["eval_loss"]
         return out
 
