@@ -14,14 +14,22 @@ Stages shared between methods (the teacher, Module 1, Module 2) depend only on
 the config parts they use, so the accuracy benchmark points several methods of
 one seed at one ``shared_dir`` and each stage is trained once.
 
-results.json, schema 1::
+results.json, schema 2 (2 added ``anchor``, ``reconstruction``)::
 
-    {"schema": 1, "method", "seed", "settings": DistillConfig, "teacher_arch",
+    {"schema": 2, "method", "seed", "settings": DistillConfig, "teacher_arch",
      "student_arch", "teacher_data", "student_data", "split_sizes": {...},
      "stage_wall_s": {"teacher", "data_free", "anchor", "<final stage>"},
      "eval": {"top1","top3","top5"}, "test": {...},
      "teacher": {"own_eval": {...} | null, "student_test": {...}, "student_eval": {...}},
+     "anchor": {"teacher_top1", "max_class_share", "energy_mean", "teacher_domain_energy_mean",
+                "same_class_distance", "source_same_class_distance"} | null,
+     "reconstruction": {"teacher_top1"} | null,
+     "teacher_domain_energy_source": "teacher-domain eval split" | "Module 1 generator samples" | null,
+     "health_problems": [str],
      "device", "processes" (torchrun world size), "augkd_edge_version"}
+
+``anchor`` and ``reconstruction`` are measured on the student-domain eval
+split (``augkd_edge.health``); null for methods without Module 2 / Module 1.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ if TYPE_CHECKING:
     from augkd_edge.config import DistillConfig
     from augkd_edge.data import Domain
 
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = 2
 DATA_FREE_METHODS = ("augkd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup")
 ANCHOR_METHODS = ("augkd", "no-mixup")
 # The teacher is an input of the experiment, like a downloaded one: trained
@@ -140,6 +148,37 @@ def obtain_teacher(
     result = train_teacher(domain, settings, tdir, device=device, resume=True, progress=progress,
                            checkpoint_every=checkpoint_every)
     return result.model, result.eval_acc, time.perf_counter() - t0
+
+
+def teacher_domain_energy(
+    cfg: "DistillConfig", teacher: "nn.Module", generator: "nn.Module | None"
+) -> tuple[float | None, str | None]:
+    """The teacher's mean energy on its own domain, and what it was measured on.
+
+    The bounded anchor loss stops rewarding certainty at this level, and the
+    health check compares the anchors' energy with it (docs/method.md). A
+    teacher trained here has its own eval split; a teacher file comes without
+    its data, so Module 1's generated images (drawn to look like the teacher's
+    domain) stand in.
+    """
+    import torch
+
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, load_domain, teacher_split
+    from augkd_edge.method.common import teacher_energies
+
+    if not cfg.teacher_file:
+        domain = _subset(load_domain(cfg.teacher_data, cfg.input_size), cfg.teacher.max_images, TEACHER_SEED)
+        idx = teacher_split(domain.labels, seed=TEACHER_SEED, eval_frac=cfg.teacher.eval_frac)["eval"]
+        images, source = domain.images[torch.as_tensor(idx, dtype=torch.long)], "teacher-domain eval split"
+    elif generator is not None:
+        device = next(generator.parameters()).device
+        z = torch.randn(256, cfg.data_free.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        generator.eval()
+        with torch.no_grad():
+            images, source = generator(z.to(device)).float().cpu(), "Module 1 generator samples"
+    else:
+        return None, None
+    return float(teacher_energies(teacher, images, IMAGENET_MEAN, IMAGENET_STD).mean()), source
 
 
 def seed_stage(seed: int, name: str) -> None:
@@ -274,6 +313,8 @@ def run_distill(
         encoder.load_state_dict(best["encoder"])
         student.load_state_dict(best["student"])
 
+    reference_energy, reference_source = (
+        teacher_domain_energy(cfg, teacher, generator) if generator is not None else (None, None))
     if cfg.method in ANCHOR_METHODS:
         from augkd_edge.method.anchor import AnchorStage
         from augkd_edge.models.anchornet import AnchorNet
@@ -282,15 +323,23 @@ def run_distill(
         seed_stage(cfg.seed, "anchor")
         anchor = AnchorNet(cfg.data_free.latent_dim, num_classes, ac.alpha, ac.hidden).to(device)
         stage = AnchorStage(teacher, generator, encoder, anchor, x["train"], y["train"], x["eval"], y["eval"], ac,
-                            augment=augment, **common)
+                            augment=augment, margin=reference_energy, **common)
         echo("Module 2 (AnchorNet)")
         best = run_stage(stage, ac.epochs, _stage_ckpt(shared, "anchor"),
                          {**base_fp, "data_free": dataclasses.asdict(cfg.data_free), "anchor": dataclasses.asdict(ac),
                           "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class})
         anchor.load_state_dict(best["anchor"])
 
+    from augkd_edge.health import module_health, problems
+
+    health = module_health(teacher, generator, encoder, anchor, x["eval"], y["eval"], mean=mean, std=std,
+                           teacher_domain_energy=reference_energy)
+    findings = problems(health, teacher_student["eval"]["top1"])
+    for line in findings:
+        echo(f"  warning: {line}")
     seed_stage(cfg.seed, cfg.method)
-    final = _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common)
+    final = _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment,
+                         {**common, "trust": _trust(cfg, health, teacher_student["eval"]["top1"], num_classes)})
     if final is not None:
         echo({"augkd": "Module 3 (uncertainty-guided mixup)"}.get(cfg.method, f"{cfg.method}: student training"))
         run_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
@@ -318,6 +367,10 @@ def run_distill(
         "test": acc["test"],
         "teacher": {"own_eval": teacher_own, "student_eval": teacher_student["eval"],
                     "student_test": teacher_student["test"]},
+        "anchor": health["anchor"],
+        "reconstruction": health["reconstruction"],
+        "teacher_domain_energy_source": reference_source,
+        "health_problems": findings,
         "device": str(device),
         "processes": dist.world,
         "augkd_edge_version": __version__,
@@ -336,8 +389,24 @@ def _silent(_: str) -> None:
     """The echo of ranks other than 0."""
 
 
+def _trust(cfg: "DistillConfig", health: dict[str, Any], raw_top1: float, num_classes: int) -> tuple[float, float] | None:
+    """Module 3's (raw, anchored) teacher reliabilities from the eval split; None for a fixed u.
+
+    Anchored images are the anchors (reconstructions for no-anchor, whose z_a = z).
+    """
+    from augkd_edge.method.mixup import reliability
+
+    if cfg.mixup.teacher_trust == "fixed":
+        return None
+    made = health["anchor"] or health["reconstruction"]
+    anchored = made["teacher_top1"] if made is not None else raw_top1
+    return reliability(raw_top1, num_classes), reliability(anchored, num_classes)
+
+
 def _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common):  # type: ignore[no-untyped-def]
     """The student-domain stage of ``cfg.method`` (None for dfkd, which trains nothing more)."""
+    if cfg.method not in ("augkd", "no-anchor", "no-mixup"):
+        common = {k: v for k, v in common.items() if k != "trust"}
     if cfg.method in ("augkd", "no-anchor", "no-mixup"):
         from augkd_edge.method.mixup import build_mixup_stage
 

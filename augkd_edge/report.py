@@ -132,6 +132,37 @@ def accuracy_table(rows: list[tuple[str, dict[str, float] | None]]) -> list[str]
     return lines
 
 
+def health_markdown(results: dict[str, Any]) -> list[str]:
+    """The Module 1 / Module 2 health numbers and, in words, what failed and what to try."""
+    rec, anc = results.get("reconstruction"), results.get("anchor")
+    if rec is None and anc is None:
+        return []
+    raw = results["teacher"]["student_eval"]["top1"]
+    lines = [
+        "## Are Modules 1 and 2 doing their job? (eval split)",
+        "",
+        "| check | value | healthy when |",
+        "|---|---:|---|",
+        f"| teacher top-1 on the raw images | {raw:.2f} | (reference) |",
+    ]
+    if rec is not None:
+        lines.append(f"| teacher top-1 on reconstructions G(E(x, y)) | {rec['teacher_top1']:.2f} | >= the raw images' |")
+    if anc is not None:
+        ref = anc["teacher_domain_energy_mean"]
+        lines += [
+            f"| teacher top-1 on anchors | {anc['teacher_top1']:.2f} | >= 0.90 (collapse below 0.5) |",
+            f"| largest share of anchors in one class | {anc['max_class_share']:.2f} | <= 0.30 (collapse above 0.5) |",
+            f"| mean teacher energy on anchors | {anc['energy_mean']:.2f} | <= its own domain's "
+            + (f"({ref:.2f}, {results.get('teacher_domain_energy_source')})" if ref is not None else "") + " |",
+            f"| pixel distance between anchors of one class | {anc['same_class_distance']:.3f} | > 0 (images: "
+            f"{anc['source_same_class_distance']:.3f}) |",
+        ]
+    lines.append("")
+    problems = results.get("health_problems") or []
+    lines += [f"**Warning.** {p}" for p in problems] or ["Both modules pass these checks."]
+    return lines + [""]
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     from augkd_edge.checkpoint import write_text_atomic
 
@@ -256,6 +287,7 @@ def write_run_report(
             "![anchors](images/anchors.png)",
             "",
         ]
+    lines += health_markdown(results)
     if "mixup" in views and results["method"] in ("augkd", "no-anchor"):
         save_grid(views["mixup"], img / "mixup.png", nrow=len(factors))
         lines += [

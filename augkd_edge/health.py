@@ -1,0 +1,127 @@
+"""Is Module 1 drawing the teacher's domain, and is Module 2 making anchors? Numbers and plain words.
+
+A collapsed Module 2 (every anchor the same image) or a generator that draws
+blobs still lets the pipeline finish with a reasonable student: Module 3's real
+images and KD carry it. So the run measures, on the eval split, what the
+pictures of the report show, and says in words when a module failed
+(docs/method.md, "Health checks"):
+
+- reconstruction: teacher top-1 on G(E(x, y)), to compare with its top-1 on x;
+- anchors: teacher top-1 on G(A(E(x, y), y)), the largest share of anchors the
+  teacher puts in one class, mean energy on the anchors next to the teacher's
+  mean energy on its own domain, and how far anchors of different images of
+  one class are from each other next to the same figure for the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from augkd_edge.data import normalize
+
+# report.md flags a collapse below / above these (issue 13's thresholds)
+COLLAPSE_TOP1 = 0.5
+COLLAPSE_SHARE = 0.5
+
+
+def _pair_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean per-pixel absolute difference between images of one class, over all same-class pairs."""
+    total, pairs = 0.0, 0
+    for c in torch.unique(labels):
+        group = images[labels == c].flatten(1)
+        n = len(group)
+        if n < 2:
+            continue
+        d = torch.cdist(group, group, p=1) / group.shape[1]
+        total += float(d.sum()) / 2  # each unordered pair once (the diagonal is 0)
+        pairs += n * (n - 1) // 2
+    return total / pairs if pairs else float("nan")
+
+
+@torch.no_grad()
+def module_health(
+    teacher: nn.Module,
+    generator: nn.Module | None,
+    encoder: nn.Module | None,
+    anchor: nn.Module | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    teacher_domain_energy: float | None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """``{"reconstruction": {...}, "anchor": {...}}`` on labelled student images (the eval split).
+
+    Sections whose modules the method does not train are None.
+    """
+    from augkd_edge.losses import energy
+
+    out: dict[str, Any] = {"reconstruction": None, "anchor": None}
+    if generator is None or encoder is None:
+        return out
+    device = next(generator.parameters()).device
+    for net in (teacher, generator, encoder, anchor):
+        if net is not None:
+            net.eval()
+    recon, anchors = [], []
+    for start in range(0, len(labels), batch_size):
+        x = images[start:start + batch_size].to(device)
+        y = labels[start:start + batch_size].to(device)
+        _, z, _ = encoder(x, y)
+        recon.append(generator(z).float().cpu())
+        if anchor is not None:
+            z_a, _ = anchor(z, y)
+            anchors.append(generator(z_a).float().cpu())
+
+    def teacher_view(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.cat([teacher(normalize(x[i:i + batch_size].to(device), mean, std)).float().cpu()
+                            for i in range(0, len(x), batch_size)])
+        return logits.argmax(dim=1), energy(logits)
+
+    pred, _ = teacher_view(torch.cat(recon))
+    out["reconstruction"] = {"teacher_top1": float((pred == labels).float().mean())}
+    if anchor is not None:
+        x_a = torch.cat(anchors)
+        pred, e = teacher_view(x_a)
+        out["anchor"] = {
+            "teacher_top1": float((pred == labels).float().mean()),
+            "max_class_share": float(torch.bincount(pred).max()) / len(pred),
+            "energy_mean": float(e.mean()),
+            "teacher_domain_energy_mean": teacher_domain_energy,
+            "same_class_distance": _pair_distance(x_a, labels),
+            "source_same_class_distance": _pair_distance(images.float(), labels),
+        }
+    return out
+
+
+def problems(health: dict[str, Any], teacher_raw_top1: float) -> list[str]:
+    """Plain-language findings, each with what to try; empty when Modules 1 and 2 look healthy."""
+    found = []
+    rec, anc = health.get("reconstruction"), health.get("anchor")
+    if rec is not None and rec["teacher_top1"] < teacher_raw_top1:
+        found.append(
+            f"Module 1: the teacher recognises the reconstructions G(E(x, y)) less often "
+            f"({rec['teacher_top1']:.2f}) than the raw images ({teacher_raw_top1:.2f}): the generator does not yet "
+            "draw the teacher's domain. Try more Module 1 iterations (--df-epochs, --df-iters-per-epoch) or a larger "
+            "--df-bn-weight."
+        )
+    if anc is not None:
+        if anc["teacher_top1"] < COLLAPSE_TOP1 or anc["max_class_share"] > COLLAPSE_SHARE:
+            found.append(
+                f"Module 2 COLLAPSED: the teacher names the label on {anc['teacher_top1']:.0%} of the anchors and puts "
+                f"{anc['max_class_share']:.0%} of them in one class, so Module 3 starts from the wrong images. Use "
+                "--anchor-objective bounded, raise --anchor-lambda-ce, or improve Module 1 first."
+            )
+        ref = anc.get("teacher_domain_energy_mean")
+        if ref is not None and anc["energy_mean"] > ref:
+            found.append(
+                f"Module 2: the teacher is less certain on the anchors (mean energy {anc['energy_mean']:.2f}) than on "
+                f"its own domain ({ref:.2f}). Try more --anchor-epochs or a lower --anchor-lambda-z."
+            )
+    return found
