@@ -326,19 +326,27 @@ class StudentStage:
             teacher_logits = self.teacher(inputs).float() if self.teacher is not None else None
         with self.precision.autocast():
             student_logits = self.train_student(inputs).float()
-        loss = self.loss(student_logits, teacher_logits, targets)
+        loss = self.loss(student_logits, teacher_logits, targets, self.ce_share(len(x), len(targets), epoch))
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward_step(weighted(loss, weight), self.optimizer)
         return {"loss": loss.detach()}
 
+    def ce_share(self, n_real: int, n: int, epoch: int) -> float | torch.Tensor:
+        """u of the loss for a batch of ``n`` inputs whose first ``n_real`` are real images (a float or per sample)."""
+        return self.u
+
     def loss(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        targets: torch.Tensor,
+        u: float | torch.Tensor,
     ) -> torch.Tensor:
         if teacher_logits is None:
             return F.cross_entropy(student_logits, targets)
         from augkd_edge.losses import mixup_distill_loss
 
-        return mixup_distill_loss(student_logits, teacher_logits, targets, self.u, self.tau)
+        return mixup_distill_loss(student_logits, teacher_logits, targets, u, self.tau)
 
     def end_epoch(self, epoch: int) -> None:
         self.scheduler.step()

@@ -72,7 +72,9 @@ class MixupStage(StudentStage):
         mixup: bool = True,
         name: str = "mixup",
         amp: str = "off",
+        trust: tuple[float, float] | None = None,
     ):
+        """``trust``: (raw, anchored) teacher reliabilities in [0, 1] (:func:`reliability`); None = fixed u."""
         super().__init__(
             name,
             student,
@@ -90,7 +92,7 @@ class MixupStage(StudentStage):
             **recipe(cfg),
         )
         self.generator, self.encoder, self.anchor = generator, encoder, anchor
-        self.cfg, self.mixup = cfg, mixup
+        self.cfg, self.mixup, self.trust = cfg, mixup, trust
         freeze(generator, encoder, anchor)
         channels_last_on_cpu(self.device, generator)
         self.energy_order: torch.Tensor | None = None
@@ -102,7 +104,26 @@ class MixupStage(StudentStage):
         if not self.mixup:
             return 1.0
         cfg = self.cfg
-        return stage_factor(epoch, cfg.epochs, cfg.a, cfg.b, cfg.schedule)
+        b = cfg.b if self.trust is None else 1.0 - (1.0 - cfg.b) * self.trust[1]
+        return stage_factor(epoch, cfg.epochs, cfg.a, b, cfg.schedule)
+
+    def ce_share(self, n_real: int, n: int, epoch: int) -> float | torch.Tensor:
+        """Per sample u: the teacher's share 1 - u scaled by how often it is right on such images.
+
+        Real images get the raw images' reliability; a mixture at stage factor f
+        the blend (1 - f) * anchored + f * raw, the same blend as its pixels.
+        """
+        if self.trust is None:
+            return self.u
+        raw, anchored = self.trust
+        u_real = 1.0 - (1.0 - self.u) * raw
+        if n == n_real:
+            return u_real
+        f = self.factor(epoch)
+        u_mix = 1.0 - (1.0 - self.u) * ((1.0 - f) * anchored + f * raw)
+        u = torch.full((n,), u_mix, device=self.device)
+        u[:n_real] = u_real
+        return u
 
     def epoch_order(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
         if self.energy_order is None:
@@ -132,6 +153,12 @@ class MixupStage(StudentStage):
     def evaluate(self) -> dict[str, float]:
         # the scheduler has stepped once per finished epoch: last_epoch - 1 is the one just trained
         return super().evaluate() | {"f": self.factor(max(self.scheduler.last_epoch - 1, 0))}
+
+
+def reliability(top1: float, num_classes: int) -> float:
+    """Chance-corrected top-1 in [0, 1]: 0 at chance (1 / K) or worse, 1 when always right."""
+    chance = 1.0 / num_classes
+    return min(1.0, max(0.0, (top1 - chance) / (1.0 - chance)))
 
 
 def build_mixup_stage(method: str, *args: Any, anchor: AnchorNet | None, **kwargs: Any) -> MixupStage:
