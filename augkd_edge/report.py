@@ -281,9 +281,9 @@ def write_run_report(
 def student_samples(images: "torch.Tensor", labels: "torch.Tensor", path: str | Path, *, per_class: int = 8) -> Path:
     """A PNG grid of student-domain images: one row per class present, its first ``per_class`` images.
 
-    Shows a reader what the student domain looks like (e.g. MNIST-M's colour
-    patches next to the teacher's grey digits). A class with fewer images is
-    padded with white tiles so the rows stay aligned. ``images`` ``[N, 3, H, W]``
+    Shows a reader what the student domain looks like (e.g. MNIST-M's digits on
+    colour patches). A class with fewer images is padded with white tiles so
+    the rows stay aligned. ``images`` ``[N, 3, H, W]``
     in [0, 1], ``labels`` ``[N]``; returns the written path.
     """
     import torch
