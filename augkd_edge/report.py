@@ -308,3 +308,23 @@ def write_run_report(
                                  [s["teacher_pred"] for s in unc], classes)
         lines += energy_markdown(summary)
     return write_text_atomic("\n".join(lines) + "\n", out_dir / "report.md")
+
+
+def student_samples(images: "torch.Tensor", labels: "torch.Tensor", path: str | Path, *, per_class: int = 8) -> Path:
+    """A PNG grid of student-domain images: one row per class present, its first ``per_class`` images.
+
+    Shows a reader what the student domain looks like (e.g. MNIST-M's digits on
+    colour patches). A class with fewer images is padded with white tiles so
+    the rows stay aligned. ``images`` ``[N, 3, H, W]``
+    in [0, 1], ``labels`` ``[N]``; returns the written path.
+    """
+    import torch
+
+    if len(images) == 0 or per_class < 1:
+        raise ValueError("student_samples needs at least one image and per_class >= 1")
+    blank = torch.ones_like(images[:1])
+    rows = []
+    for c in torch.unique(labels):
+        picked = images[torch.nonzero(labels == c).flatten()[:per_class]]
+        rows += [picked, blank.expand(per_class - len(picked), -1, -1, -1)]
+    return save_grid(torch.cat(rows), path, nrow=per_class)

@@ -24,8 +24,11 @@ from augkd_edge.data import (
     student_split,
     teacher_split,
 )
+from augkd_edge.data import digits as digits_module
+from augkd_edge.data.digits import load_mnist_m, mnist_m_patches
 from augkd_edge.data.preprocess import crop_stretch_pool, ink_boxes, preprocess_digits
 from augkd_edge.errors import UserError
+from augkd_edge.report import student_samples
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -75,6 +78,50 @@ def test_mnist_full_loads_or_says_how_to_install():
     else:
         d = load_domain("digits:mnist-full", input_size=8)
         assert len(d) == 70000 and d.classes == DIGITS
+
+
+# ---------------------------------------------------------------- MNIST-M
+
+def test_mnist_m_is_mnist_blended_into_colour_patches():
+    mnist, mnist_m = load_domain("digits:mnist"), load_domain("digits:mnist-m")
+    x = mnist_m.images
+    assert x.shape == (5000, 3, 32, 32) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
+    assert torch.equal(mnist_m.labels, mnist.labels) and mnist_m.classes == DIGITS
+    assert mnist_m.kind == "digits" and mnist_m.files is None  # no flip: a mirrored digit is no digit
+    assert torch.allclose(x, (mnist_m_patches(5000, 32) - mnist.images).abs())  # |patch - digit| per channel
+    assert (x - mnist.images).abs().mean() > 0.2 and (x[:, 0] - x[:, 1]).abs().mean() > 0.05
+    # not MNIST with one tint: the background colour varies per image, and the digit is drawn lighter than
+    # its background on some images and darker on others (MNIST: always lighter)
+    assert (x.mean(dim=(2, 3)).std(dim=0) > 0.05).all()
+    grey, digit = x.mean(1).flatten(1), mnist.images[:, 0].flatten(1)
+    grey, digit = grey - grey.mean(1, keepdim=True), digit - digit.mean(1, keepdim=True)
+    darker = ((grey * digit).sum(1) < 0).float().mean()
+    assert 0.2 < darker < 0.8
+
+
+def test_mnist_m_is_one_fixed_data_set_at_any_input_size(monkeypatch):
+    images, labels = load_mnist_m(16)  # built again, bypassing the domain cache
+    again, _ = load_mnist_m(16)
+    assert images.shape == (5000, 3, 16, 16) and torch.equal(images, again)
+    assert images.min() >= 0 and images.max() <= 1
+    assert torch.equal(labels, load_domain("digits:mnist").labels)
+    patches = mnist_m_patches(64, 32)
+    assert torch.equal(patches, mnist_m_patches(64, 32))
+    assert len({tuple(p.mean(dim=(1, 2)).tolist()) for p in patches}) == 64  # distinct patches
+    monkeypatch.setattr(digits_module, "MNIST_M_SEED", digits_module.MNIST_M_SEED + 1)
+    assert not torch.equal(patches, mnist_m_patches(64, 32))
+
+
+def test_student_samples_grid_has_one_row_per_class(tmp_path):
+    images = torch.rand(7, 3, 32, 32)
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 2])
+    path = student_samples(images, labels, tmp_path / "samples.png", per_class=3)
+    with Image.open(path) as grid:
+        assert grid.size == (3 * 66 + 2, 3 * 66 + 2)  # 32 px tiles upscaled to 64, 2 px padding
+        tile = np.asarray(grid.convert("RGB"))[66 + 2:66 + 66, 2 * 66 + 2:3 * 66]  # class 1, third column
+    assert (tile == 255).all()  # class 1 has one image: padded with white
+    with pytest.raises(ValueError):
+        student_samples(images[:0], labels[:0], tmp_path / "none.png")
 
 
 # ---------------------------------------------------------------- the common preprocessing

@@ -2,8 +2,11 @@
 
 Specs (the CLI's ``--data`` / ``--student-data`` values):
 
-- ``digits:mnist``, ``digits:mnist-full``, ``digits:optdigits``: built-in
-  digits read from installed packages (:mod:`augkd_edge.data.digits`);
+- ``digits:mnist``, ``digits:mnist-full``, ``digits:optdigits``,
+  ``digits:mnist-m``: built-in digits read from installed packages
+  (:mod:`augkd_edge.data.digits`); all are of kind "digits" (random-crop
+  augmentation, no flip), MNIST-M's colour images too: a mirrored digit is
+  not a digit, whatever its colours;
 - a folder path in ImageFolder layout (:mod:`augkd_edge.data.folder`);
 - ``A+B``: the union of several specs with exactly the same classes (the
   paper's teacher domain is e.g. ``amazon+webcam``). A path that exists is
@@ -13,8 +16,8 @@ Loaded domains are cached per process, keyed by (spec or resolved folder path,
 input size, bad-file policy) and, for folders, the names, sizes and
 modification times of their files, so a pipeline that loads the same domain in several stages decodes it
 once and a changed folder is read again. The tensors of a cached domain are
-shared: treat them as read-only (digits images are an ``expand`` view and
-refuse in-place writes; index or ``.clone()`` first).
+shared: treat them as read-only (grey digits images are an ``expand`` view and
+refuse in-place writes, MNIST-M's and folders' are not; index or ``.clone()`` first).
 """
 
 from __future__ import annotations
