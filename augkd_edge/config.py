@@ -128,6 +128,8 @@ class AnchorConfig:
     alpha: float = 0.25
     # Hidden width of the mapping psi.
     hidden: int = 256
+    # psi also sees the label (a per-class bias on its hidden layer); false = the paper's psi(m * z).
+    conditional_psi: bool = True
 
 
 @dataclasses.dataclass

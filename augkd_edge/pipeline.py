@@ -321,7 +321,7 @@ def run_distill(
 
         ac = cfg.anchor
         seed_stage(cfg.seed, "anchor")
-        anchor = AnchorNet(cfg.data_free.latent_dim, num_classes, ac.alpha, ac.hidden).to(device)
+        anchor = AnchorNet(cfg.data_free.latent_dim, num_classes, ac.alpha, ac.hidden, ac.conditional_psi).to(device)
         stage = AnchorStage(teacher, generator, encoder, anchor, x["train"], y["train"], x["eval"], y["eval"], ac,
                             augment=augment, margin=reference_energy, **common)
         echo("Module 2 (AnchorNet)")

@@ -273,6 +273,10 @@ def write_run_report(
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_wall_s"].items()) + ".",
         "",
     ]
+    if len(train_y):
+        student_samples(train_x, train_y, img / "student_samples.png")
+        lines += ["## The student domain", "", f"Labelled training images of `{results['student_data']}`, one row "
+                  "per class.", "", "![student samples](images/student_samples.png)", ""]
     if "generator" in views:
         save_grid(views["generator"], img / "generator.png", nrow=10)
         lines += ["## Module 1: what the generator draws for the teacher", "", "![generator](images/generator.png)", ""]

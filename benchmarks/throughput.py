@@ -91,7 +91,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 build_classifier(args.student, n_classes).to(device),
                 Generator(latent, size, width=cfg.data_free.gen_width).to(device),
                 Encoder(latent, n_classes, size, width=cfg.data_free.gen_width).to(device),
-                AnchorNet(latent, n_classes, cfg.anchor.alpha, cfg.anchor.hidden).to(device))
+                AnchorNet(latent, n_classes, cfg.anchor.alpha, cfg.anchor.hidden, cfg.anchor.conditional_psi).to(device))
 
     x = torch.rand(args.batch * 2, 3, size, size)
     y = torch.arange(args.batch * 2) % n_classes

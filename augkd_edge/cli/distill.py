@@ -56,6 +56,8 @@ HELP = {
     "anchor.lambda_z": "bounded: weight of ||z_a - z||^2 / L, keeping anchors near their sample's latent.",
     "anchor.alpha": "Invariant ratio alpha: the mask targets L * (1 - alpha) rewritten dimensions.",
     "anchor.hidden": "Hidden width of the AnchorNet mapping psi.",
+    "anchor.conditional_psi": "psi also sees the label (per-class bias); --anchor-no-conditional-psi = the paper's "
+                              "psi(m * z).",
     "mixup.epochs": "Module 3 epochs (also the baselines' student-domain epochs).",
     "mixup.lr": "Student learning rate (Adam) in Module 3 and the baselines.",
     "mixup.weight_decay": "Student weight decay.",
