@@ -1,0 +1,185 @@
+"""Hostile inputs through the real CLI: one test (or more) per row of the README's
+"Bad inputs and what you get" table that issue 14 added.
+
+Every refusal must be one line on stderr, exit code 2, no traceback, and (where
+the case is about it) nothing written. Runs use tiny settings and a tiny teacher
+so that each one takes seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from augkd_edge.cli import main
+
+TINY = [
+    "--df-epochs", "1", "--df-iters-per-epoch", "1", "--df-batch-size", "4", "--df-val-samples", "8", "--df-k", "1",
+    "--df-gen-width", "8", "--anchor-epochs", "1", "--anchor-batch-size", "16",
+    "--mixup-epochs", "1", "--mixup-batch-size", "16", "--shots", "2", "--eval-per-class", "1", "--quiet",
+]
+
+
+def cli(*args: str) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def refused(res: "click.testing.Result", *needles: str) -> str:  # noqa: F821
+    """The one error line of a refused command (exit 2, no traceback), checked for ``needles``."""
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("augkd-edge: error: "), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def tiny_net(classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, classes)).eval()
+
+
+def export_archive(path: Path, size: int = 32, batch: int = 2, model: nn.Module | None = None) -> Path:
+    """A ``torch.export`` archive saved the default way (static batch ``batch``)."""
+    model = model or tiny_net()
+    torch.export.save(torch.export.export(model, (torch.zeros(batch, 3, size, size),)), str(path))
+    return path
+
+
+# ---- 1. a .pt2 archive that would run code -------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs ``touch marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickled(marker: Path) -> bytes:
+    buf = io.BytesIO()
+    torch.save(_Payload(marker), buf)
+    return buf.getvalue()
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    """Copy a zip archive, passing each (name, bytes) through ``edit`` (None drops it; extra entries via a list)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            for name, data in edit(info.filename, zin.read(info.filename)):
+                zout.writestr(name, data)
+    return dst
+
+
+def _evil_archive(kind: str, tmp_path: Path, marker: Path) -> Path:
+    good = export_archive(tmp_path / "good.pt2")
+    payload = _pickled(marker)
+
+    def edit(name: str, data: bytes):  # type: ignore[no-untyped-def]
+        root = name.split("/", 1)[0]
+        if kind == "weight" and name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return [(name, json.dumps(config).encode())]
+        if kind == "weight" and name.endswith("/data/weights/weight_0"):
+            return [(name, payload)]
+        if kind == "constant" and name.endswith("_constants_config.json"):
+            config = {"config": {"lifted_tensor_0": {"path_name": "tensor_0", "is_param": False, "use_pickle": True,
+                                                     "tensor_meta": None}}}
+            return [(name, json.dumps(config).encode()), (f"{root}/data/constants/tensor_0", payload)]
+        if kind == "sample_inputs" and "/data/sample_inputs/" in name:
+            return [(name, payload)]
+        if kind == "aoti" and name.endswith("/archive_format"):
+            return [(name, data), (f"{root}/data/aotinductor/model/model.so", b"\x7fELF")]
+        if kind == "guards" and "/models/" in name:
+            program = json.loads(data)
+            program["guards_code"] = [f"__import__('os').system('touch {marker}')"]
+            return [(name, json.dumps(program).encode())]
+        if kind == "target" and "/models/" in name:
+            program = json.loads(data)
+            program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.serialization.os.system"
+            return [(name, json.dumps(program).encode())]
+        return [(name, data)]
+
+    return _rewrite(good, tmp_path / f"evil-{kind}.pt2", edit)
+
+
+@pytest.mark.parametrize("kind", ["weight", "constant", "sample_inputs", "guards"])
+def test_pt2_payloads_are_live(kind: str, tmp_path: Path) -> None:
+    """The payloads the refusal tests use do run code when torch loads the archive itself."""
+    marker = tmp_path / "ran"
+    with pytest.raises(Exception):
+        torch.export.load(str(_evil_archive(kind, tmp_path, marker))).module()(torch.zeros(2, 3, 32, 32))
+    assert marker.exists(), "the test payload is not live; the refusal test below would prove nothing"
+
+
+@pytest.mark.parametrize("kind, entry", [
+    ("weight", "model_weights_config.json: 0.weight"),
+    ("constant", "model_constants_config.json: lifted_tensor_0"),
+    ("sample_inputs", "data/sample_inputs/model.pt"),
+    ("aoti", "data/aotinductor/model/model.so"),
+    ("guards", "models/model.json"),
+    ("target", "torch.serialization.os.system"),
+])
+def test_pt2_teacher_that_would_run_code_is_refused(kind: str, entry: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = _evil_archive(kind, tmp_path, marker)
+    out = tmp_path / "run"
+    res = cli("distill", "--teacher", evil, "--out", out, "--cache-dir", tmp_path / "cache", *TINY)
+    refused(res, str(evil), entry, "refused")
+    assert not marker.exists(), "code from the archive ran"
+    assert not out.exists(), "a refused run wrote its folder"
+
+
+# ---- 2. TorchScript teachers, end to end ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torchscript_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torchvision
+
+    path = tmp_path_factory.mktemp("ts") / "resnet18.ts.pt"
+    torch.manual_seed(0)
+    torch.jit.script(torchvision.models.resnet18(num_classes=10).eval()).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("method", ["augkd", "kd"])
+def test_torchscript_teacher_distills(method: str, torchscript_teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = cli("distill", "--teacher", torchscript_teacher, "--method", method, "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "results.json").read_text())["method"] == method
+
+
+# ---- 3. the teacher probe uses the run's input size and batch sizes --------------------------
+
+
+def test_static_batch_export_teacher_runs_at_every_batch(tmp_path: Path) -> None:
+    teacher = export_archive(tmp_path / "b2.pt2", batch=2)
+    out = tmp_path / "run"
+    res = cli("distill", "--teacher", teacher, "--method", "augkd", "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+
+
+def test_export_teacher_probed_at_the_run_input_size(tmp_path: Path) -> None:
+    big = export_archive(tmp_path / "s64.pt2", size=64)
+    res = cli("distill", "--teacher", big, "--method", "kd", "--input-size", "64", "--out", tmp_path / "r64", *TINY)
+    assert res.exit_code == 0, res.output
+    small = export_archive(tmp_path / "s32.pt2", size=32)
+    res = cli("distill", "--teacher", small, "--input-size", "48", "--out", tmp_path / "r48", *TINY)
+    refused(res, str(small), "(2, 3, 32, 32)", "--input-size 32")
+    assert not (tmp_path / "r48").exists()
