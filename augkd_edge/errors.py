@@ -10,3 +10,10 @@ class UserError(Exception):
     """A problem with the user's input; the message names the file and the fix."""
 
     exit_code = 2
+
+
+class WriteError(UserError, OSError):
+    """A file or folder could not be written (no permission, read-only, disk full, a file in the way).
+
+    Still an ``OSError`` for callers that catch those; the CLI shows it as one line, exit 2.
+    """

@@ -183,3 +183,108 @@ def test_export_teacher_probed_at_the_run_input_size(tmp_path: Path) -> None:
     res = cli("distill", "--teacher", small, "--input-size", "48", "--out", tmp_path / "r48", *TINY)
     refused(res, str(small), "(2, 3, 32, 32)", "--input-size 32")
     assert not (tmp_path / "r48").exists()
+
+
+# ---- 5. unwritable or impossible output paths -------------------------------------------------
+
+
+def _no_permission_dir(tmp_path: Path) -> Path:
+    """A folder path in which this user cannot create anything (root ignores mode bits: use /sys)."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        return locked / "out"
+    if not os.path.isdir("/sys") or os.access("/sys", os.W_OK) and not _mkdir_fails("/sys/augkd-edge-test"):
+        pytest.skip("no folder here refuses writes to root")
+    return Path("/sys/augkd-edge-test/out")
+
+
+def _mkdir_fails(path: str) -> bool:
+    try:
+        os.mkdir(path)
+    except OSError:
+        return True
+    os.rmdir(path)
+    return False
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_archive(tmp_path_factory.mktemp("teacher") / "tiny.pt2")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_teacher: Path) -> Path:
+    """A finished kd run of the tiny teacher (for export / bench)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    res = cli("distill", "--teacher", tiny_teacher, "--method", "kd", "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_unwritable_out_is_one_line_in_every_command(tmp_path: Path, tiny_teacher: Path, finished_run: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    locked = _no_permission_dir(tmp_path)
+    for bad, why in ((a_file / "sub", "is a file"), (locked, "cannot write in")):
+        commands = [
+            ["distill", "--teacher", tiny_teacher, "--method", "kd", *TINY, "--out", bad],
+            ["teacher", "--data", "digits:optdigits", "--epochs", "1", "--out", bad],
+            ["export", finished_run, "--onnx", "--out", bad],
+            ["bench", "run", finished_run / "student.pt", "--backend", "torch", "--iters", "1", "--out", bad],
+        ]
+        for args in commands:
+            refused(cli(*args), str(bad), why)
+    res = cli("distill", "--method", "kd", *TINY, "--out", tmp_path / "r", "--cache-dir", a_file / "cache")
+    refused(res, "--cache-dir", str(a_file / "cache"), "is a file")
+    assert not (tmp_path / "r").exists()
+
+
+def test_disk_full_while_checkpointing_names_the_file_and_keeps_the_last_one(
+        tmp_path: Path, tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from augkd_edge import checkpoint
+
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", tiny_teacher, "--method", "kd", *TINY, "--mixup-epochs", "3", "--out", out]
+    writes = {"n": 0}
+    real_fsync = os.fsync
+
+    def fsync_fills_the_disk_on_the_second_checkpoint(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and ".kd.ckpt." in os.readlink(f"/proc/self/fd/{fd}"):
+            writes["n"] += 1
+            if writes["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync_fills_the_disk_on_the_second_checkpoint)
+    refused(cli(*args), str(out / "ckpt" / "kd.ckpt"), "No space left on device", "previous version is kept")
+    monkeypatch.undo()
+    assert checkpoint.load_safe(out / "ckpt" / "kd.ckpt")["epoch"] == 1
+    assert [p.name for p in (out / "ckpt").iterdir()] == ["kd.ckpt"], "temporary file left behind"
+
+
+# ---- 6. a failed run does not block its own fix; 11. --resume of nothing ----------------------
+
+
+def test_failed_run_leaves_its_folder_reusable(tmp_path: Path, tiny_teacher: Path) -> None:
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    refused(cli("distill", "--teacher", tiny_teacher, "--target", tmp_path / "typo", *TINY, "--out", out),
+            str(tmp_path / "typo"))
+    assert not out.exists(), "a run that failed on its inputs wrote its folder"
+    refused(cli("distill", "--teacher-arch", "resnet_typo", *TINY, "--out", out, "--cache-dir", cache),
+            "resnet_typo")
+    assert not out.exists() and not cache.exists(), "a failed run left a half-made folder"
+    # a folder an older version left behind: config.json of another target, no stage started
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"student_data": "digits:mnist", "method": "kd"}))
+    res = cli("distill", "--teacher", tiny_teacher, "--method", "kd", *TINY, "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+
+
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path: Path, tiny_teacher: Path) -> None:
+    out = tmp_path / "typo"
+    res = cli("distill", "--teacher", tiny_teacher, "--method", "kd", *TINY, "--out", out, "--resume")
+    refused(res, str(out), "holds no run", "drop --resume")
+    assert not out.exists()

@@ -290,8 +290,11 @@ def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_siz
     from augkd_edge.export.tensorrt import EngineSettings, sha256_file, write_json_atomic
     from augkd_edge.rundir import load_student, resolve_model_path, split_arrays
 
+    from augkd_edge.checkpoint import check_writable_dir
+
     if not (want_onnx or int8 or trt):
         raise UserError("nothing to export: give --onnx, --int8 and/or --trt.")
+    check_writable_dir(out_dir, "--out")
     if fp16 and not trt:
         raise UserError("--fp16 applies to the TensorRT engine: add --trt.")
     batch = _batch_option(batch_text)

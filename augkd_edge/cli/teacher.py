@@ -49,12 +49,14 @@ def command(data_spec: str, arch: str, epochs: int, batch_size: int, lr: float, 
     Several GPUs (or CPU processes): torchrun --nproc-per-node N -m augkd_edge.cli teacher ...
     """
     from augkd_edge import distributed
+    from augkd_edge.checkpoint import check_writable_dir
     from augkd_edge.data import load_domain
     from augkd_edge.engine import set_deterministic
     from augkd_edge.teacher import train_teacher
 
     settings = TeacherSettings(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, seed=seed, input_size=input_size, amp=amp)
+    check_writable_dir(out_dir, "--out")
     set_deterministic(deterministic)
     dev = distributed.device_for(device)
     domain = load_domain(data_spec, input_size)
