@@ -12,6 +12,14 @@ class UserError(Exception):
     exit_code = 2
 
 
+class BadImageWarning(UserWarning):
+    """An image file (or a folder link) was skipped while loading a folder domain.
+
+    The message is one line: the path and why. The CLI prints it as
+    ``augkd-edge: warning: ...`` without Python's source-line echo.
+    """
+
+
 class WriteError(UserError, OSError):
     """A file or folder could not be written (no permission, read-only, disk full, a file in the way).
 

@@ -288,3 +288,64 @@ def test_resume_of_a_folder_without_a_run_is_refused(tmp_path: Path, tiny_teache
     res = cli("distill", "--teacher", tiny_teacher, "--method", "kd", *TINY, "--out", out, "--resume")
     refused(res, str(out), "holds no run", "drop --resume")
     assert not out.exists()
+
+
+# ---- 9. option values that used to crash later --------------------------------------------------
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["distill", "--seed", "-1"], "seed = -1 is invalid; use a value from 0 to 2**32 - 1"),
+    (["distill", "--seed", str(2**32)], "numpy's seed range"),
+    (["distill", "--df-batch-size", "1"], "data_free.batch_size = 1 is invalid; use at least 2 (BatchNorm"),
+    (["distill", "--teacher-batch-size", "1"], "teacher.batch_size = 1"),
+    (["distill", "--anchor-batch-size", "1"], "anchor.batch_size = 1"),
+    (["distill", "--mixup-batch-size", "1"], "mixup.batch_size = 1"),
+    (["teacher", "--batch-size", "1"], "--batch-size 1: use at least 2 (BatchNorm"),
+    (["teacher", "--seed", "-1"], "--seed -1: use a value from 0"),
+])
+def test_out_of_range_options_are_refused_with_the_reason(args: list[str], needle: str, tmp_path: Path) -> None:
+    refused(cli(*args, "--out", tmp_path / "o"), needle)
+    assert not (tmp_path / "o").exists()
+
+
+# ---- image folders: 4. link loops, 13. skipped-file warnings ----------------------------------------
+
+
+def image_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 5) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher_2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_archive(tmp_path_factory.mktemp("t2") / "two.pt2", model=tiny_net(2))
+
+
+def test_symlink_loop_in_data_is_skipped_and_named(tmp_path: Path, teacher_2: Path) -> None:
+    data = image_folder(tmp_path / "data")
+    (data / "a" / "loop").symlink_to(data / "a", target_is_directory=True)
+    (data / "b" / "self").symlink_to(data / "b" / "self")
+    res = cli("distill", "--teacher", teacher_2, "--target", data, "--method", "kd", *TINY, "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    assert f"augkd-edge: warning: skipped link {data / 'a' / 'loop'}: it leads to {data / 'a'}" in res.stderr
+    assert f"augkd-edge: warning: skipped link {data / 'b' / 'self'}: " in res.stderr
+
+
+def test_skipped_files_are_one_clean_line_each_with_a_count(tmp_path: Path, teacher_2: Path) -> None:
+    data = image_folder(tmp_path / "data")
+    bad = [data / "a" / f"bad{i}.jpg" for i in range(7)]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    res = cli("distill", "--teacher", teacher_2, "--target", data, "--method", "kd", *TINY, "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.stderr.splitlines() if line.startswith("augkd-edge: warning: ")]
+    assert warned == [f"augkd-edge: warning: skipped {p}: not an image file Pillow can read" for p in bad] + [
+        f"augkd-edge: warning: {data}: skipped 7 of 17 files (listed above); using 10 images"]
+    assert "warnings.warn" not in res.stderr and "_load_cached" not in res.stderr and "Warning" not in res.stderr

@@ -12,7 +12,7 @@ import errno
 import click
 
 from augkd_edge import __version__
-from augkd_edge.errors import UserError
+from augkd_edge.errors import BadImageWarning, UserError
 
 
 # OSErrors that are the file system's answer to a path the user chose, not bugs.
@@ -49,6 +49,25 @@ def main(ctx: click.Context, debug: bool) -> None:
     (AuG-KD, ICLR 2024), export it to ONNX / TensorRT and measure its latency."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    _clean_skip_warnings()
+
+
+def _clean_skip_warnings() -> None:
+    """Skipped-file warnings as one line each (``augkd-edge: warning: ...``), not Python's two-line format."""
+    import warnings
+
+    shown = warnings.showwarning
+    if getattr(shown, "_augkd_edge", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, BadImageWarning):
+            click.echo(f"augkd-edge: warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show._augkd_edge = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 def _register() -> None:
