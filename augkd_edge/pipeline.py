@@ -234,6 +234,7 @@ def run_distill(
         IMAGENET_MEAN,
         IMAGENET_STD,
         check_same_classes,
+        file_fingerprint,
         load_domain,
         save_splits,
         student_split,
@@ -264,7 +265,7 @@ def run_distill(
     prepare_run_dir(cfg, out_dir, resume)
     log = MetricsLog(out_dir / "metrics.jsonl")
     if dist.is_main:
-        save_splits(out_dir / "splits.json", {"student": splits})
+        save_splits(out_dir / "splits.json", {"student": splits}, data={"student": file_fingerprint(student_dom)})
     idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in splits.items()}
     x = {k: student_dom.images[i] for k, i in idx.items()}
     y = {k: student_dom.labels[i] for k, i in idx.items()}
@@ -429,7 +430,7 @@ def _write_uncertainty(out_dir: Path, energy, labels, preds, indices, classes) -
 
 
 def _save_student(path: Path, student: "nn.Module", cfg: "DistillConfig", domain: "Domain", splits) -> None:  # type: ignore[no-untyped-def]
-    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, file_fingerprint
     from augkd_edge.models.loading import ModelMeta, save_model_file
 
     meta = ModelMeta(
@@ -445,6 +446,7 @@ def _save_student(path: Path, student: "nn.Module", cfg: "DistillConfig", domain
             "seed": cfg.seed,
             "data": cfg.student_data,
             "splits": {k: [int(i) for i in v] for k, v in splits.items()},
+            "data_fingerprint": file_fingerprint(domain),
         },
     )
     save_model_file(path, student, meta)

@@ -69,7 +69,7 @@ def train_teacher(
     import torch
 
     from augkd_edge.checkpoint import write_text_atomic
-    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, save_splits, teacher_split
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, file_fingerprint, save_splits, teacher_split
     from augkd_edge.distributed import current
     from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, prefetch_depth
     from augkd_edge.method.common import StudentStage, make_augment
@@ -87,7 +87,7 @@ def train_teacher(
     # Written only once the inputs are known to be good: a failed start leaves no half-made folder.
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        save_splits(out_dir / "splits.json", {"teacher": splits})
+        save_splits(out_dir / "splits.json", {"teacher": splits}, data={"teacher": file_fingerprint(domain)})
     # The teacher trains like a student without a teacher: CE, one shared loop.
     stage = StudentStage(
         "teacher",
@@ -140,6 +140,7 @@ def train_teacher(
         extra={
             "data": domain.name,
             "splits": {k: [int(i) for i in v] for k, v in splits.items()},
+            "data_fingerprint": file_fingerprint(domain),
             "role": "teacher",
             "best_epoch": result.best_epoch,
         },

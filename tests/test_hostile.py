@@ -349,3 +349,23 @@ def test_skipped_files_are_one_clean_line_each_with_a_count(tmp_path: Path, teac
     assert warned == [f"augkd-edge: warning: skipped {p}: not an image file Pillow can read" for p in bad] + [
         f"augkd-edge: warning: {data}: skipped 7 of 17 files (listed above); using 10 images"]
     assert "warnings.warn" not in res.stderr and "_load_cached" not in res.stderr and "Warning" not in res.stderr
+
+
+# ---- 8. changed data is noticed ------------------------------------------------------------
+
+
+def test_images_added_after_training_are_noticed_by_export_and_bench(tmp_path: Path, teacher_2: Path) -> None:
+    from PIL import Image
+
+    data = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    res = cli("distill", "--teacher", teacher_2, "--target", data, "--method", "kd", *TINY, "--out", run)
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "splits.json").read_text())["data"]["student"]["per_class"] == {"a": 5, "b": 5}
+    Image.new("RGB", (12, 12)).save(data / "a" / "0a.png")  # sorts before 1.png: shifts the indices
+    refused(cli("export", run, "--onnx", "--out", tmp_path / "exp"), "changed since training", "'a' 5 -> 6")
+    refused(cli("bench", "run", run / "student.pt", "--backend", "torch", "--iters", "1", "--eval", run,
+                "--out", tmp_path / "bench"), "changed since training", "'a' 5 -> 6")
+    (data / "a" / "0a.png").unlink()
+    (data / "b" / "0.png").write_bytes((data / "b" / "0.png").read_bytes() + b"\0")  # same count, other bytes
+    refused(cli("export", run, "--onnx", "--out", tmp_path / "exp"), "renamed, replaced or resized")
