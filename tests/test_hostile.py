@@ -369,3 +369,84 @@ def test_images_added_after_training_are_noticed_by_export_and_bench(tmp_path: P
     (data / "a" / "0a.png").unlink()
     (data / "b" / "0.png").write_bytes((data / "b" / "0.png").read_bytes() + b"\0")  # same count, other bytes
     refused(cli("export", run, "--onnx", "--out", tmp_path / "exp"), "renamed, replaced or resized")
+
+
+# ---- 7. the class names an augkd-edge teacher file records ------------------------------------------
+
+
+def _model_file(path: Path, class_names: list[str]) -> Path:
+    from augkd_edge.models.loading import ModelMeta, save_model_file
+    from augkd_edge.models.zoo import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("mobilenet_v3_small", len(class_names)).eval()
+    return save_model_file(path, model, ModelMeta("mobilenet_v3_small", len(class_names), class_names))
+
+
+def test_teacher_file_with_other_class_names_is_refused(tmp_path: Path) -> None:
+    data = image_folder(tmp_path / "data", classes=("a", "b", "z"))
+    teacher = _model_file(tmp_path / "t.pt", ["a", "b", "ç"])
+    res = cli("distill", "--teacher", teacher, "--target", data, "--method", "kd", *TINY, "--out", tmp_path / "r")
+    refused(res, str(teacher), "teacher: ['a', 'b', 'ç']", "student data: ['a', 'b', 'z']", "only in the teacher: ['ç']")
+    assert not (tmp_path / "r").exists()
+
+
+def test_teacher_file_with_the_same_names_in_another_order_is_mapped(tmp_path: Path) -> None:
+    from augkd_edge.models.loading import load_model_file, load_teacher
+
+    teacher = _model_file(tmp_path / "t.pt", ["b", "a"])
+    x = torch.rand(3, 3, 32, 32)
+    original, _ = load_model_file(teacher)
+    mapped = load_teacher(teacher, None, 2, class_names=["a", "b"])
+    assert torch.equal(mapped(x), original(x)[:, [1, 0]])
+    data = image_folder(tmp_path / "data")
+    res = cli("distill", "--teacher", teacher, "--target", data, "--method", "kd", *TINY, "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+
+
+# ---- 10. messages that pointed at the wrong cause ---------------------------------------------------
+
+
+def test_teacher_with_nan_weights_is_refused_before_training(tmp_path: Path) -> None:
+    model = tiny_net()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    teacher = export_archive(tmp_path / "nan.pt2", model=model)
+    res = cli("distill", "--teacher", teacher, *TINY, "--out", tmp_path / "r")
+    line = refused(res, str(teacher), "outputs NaN or Inf", "1 NaN/Inf values", "the teacher file is broken")
+    assert "data_free.ckpt" not in line and not (tmp_path / "r").exists()
+
+
+def test_single_class_target_names_the_data(tmp_path: Path, tiny_teacher: Path) -> None:
+    data = image_folder(tmp_path / "one", classes=("only",))
+    refused(cli("distill", "--teacher", tiny_teacher, "--target", data, *TINY, "--out", tmp_path / "r"),
+            f"student data '{data}' has one class ('only')")
+
+
+def test_wrong_architecture_state_dict_is_summarised(tmp_path: Path) -> None:
+    import torchvision
+
+    state = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), state)
+    res = cli("distill", "--teacher", state, "--teacher-arch", "mobilenet_v3_small", *TINY, "--out", tmp_path / "r")
+    line = refused(res, str(state), "missing keys (", "unexpected keys (", ", ...")
+    assert len(line) < 1000, f"{len(line)} characters"
+
+
+def test_teacher_also_eval_with_other_classes_is_refused_before_training(tmp_path: Path) -> None:
+    other = image_folder(tmp_path / "other", classes=("cat", "dog"))
+    res = cli("teacher", "--data", "digits:optdigits", "--also-eval", other, "--epochs", "50", "--out", tmp_path / "t")
+    refused(res, "only in the student domain: ['cat', 'dog']")
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["distill", "--teacher", "{tmp}"], "is a directory"),
+    (["distill", "--out", "{tmp}/file"], "is a file"),
+    (["bench", "run", "{tmp}/missing.onnx", "--out", "{tmp}/b"], "does not exist"),
+])
+def test_path_kind_mistakes_are_click_usage_errors(args: list[str], needle: str, tmp_path: Path) -> None:
+    """click's own 3-line usage error, exit 2, no traceback (the README table says so)."""
+    (tmp_path / "file").write_text("x")
+    res = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert res.exit_code == 2 and needle in res.stderr and "Usage:" in res.stderr and "Traceback" not in res.stderr

@@ -50,7 +50,7 @@ def command(data_spec: str, arch: str, epochs: int, batch_size: int, lr: float, 
     """
     from augkd_edge import distributed
     from augkd_edge.checkpoint import check_writable_dir
-    from augkd_edge.data import load_domain
+    from augkd_edge.data import check_same_classes, load_domain
     from augkd_edge.engine import set_deterministic
     from augkd_edge.teacher import train_teacher
 
@@ -67,6 +67,8 @@ def command(data_spec: str, arch: str, epochs: int, batch_size: int, lr: float, 
     dev = distributed.device_for(device)
     domain = load_domain(data_spec, input_size)
     others = [load_domain(spec, input_size) for spec in also_eval]
+    for other in others:  # before training, not after all epochs
+        check_same_classes(domain, other)
     with distributed.session(dev) as dist:
         if dist.is_main:
             click.echo(f"teacher {arch} on {data_spec}: {len(domain.labels)} images, {len(domain.classes)} classes, "

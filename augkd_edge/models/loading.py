@@ -96,11 +96,26 @@ def load_state_into(model: "nn.Module", state: dict, path: str | Path, what: str
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        first = str(exc).splitlines()
-        detail = "; ".join(line.strip() for line in first[:3])
         raise UserError(
-            f"{path}: weights do not fit {what} (another architecture or class count?): {detail}"
+            f"{path}: weights do not fit {what} (another architecture or class count?): "
+            f"{_state_mismatch(model.state_dict(), state) or str(exc).splitlines()[0][:300]}"
         ) from exc
+
+
+def _state_mismatch(expected: dict, given: dict, show: int = 3) -> str:
+    """A short summary of how two state_dicts differ: counts and the first few keys of each kind."""
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(getattr(given[k], 'shape', ()))} vs {tuple(expected[k].shape)}"
+              for k in expected if k in given and getattr(given[k], "shape", None) != expected[k].shape]
+    parts = [f"{len(keys)} {name} ({first(keys)})" for name, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (file vs model)", shapes))
+             if keys]
+    return "; ".join(parts)
 
 
 def load_model_file(path: str | Path) -> tuple["nn.Module", ModelMeta]:
@@ -146,7 +161,6 @@ def load_teacher(
     import torch
 
     from augkd_edge.checkpoint import load_safe
-    from augkd_edge.models.zoo import build_classifier
 
     path = Path(path)
     if not path.is_file():
@@ -176,17 +190,27 @@ def load_teacher(
                 raise UserError(
                     f"{path}: teacher has {meta.num_classes} classes but the data has {num_classes}."
                 )
-            return _match_class_names(model, meta.class_names, class_names, path)
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise UserError(f"{path}: expected a state_dict (a dict of tensors) for the teacher.")
-        if arch is None:
-            raise UserError(f"{path}: a state_dict needs --teacher-arch NAME (a torchvision model name).")
-        model = build_classifier(arch, num_classes)
-        load_state_into(model, obj, path, f"{arch} with {num_classes} classes")
+            model = _match_class_names(model, meta.class_names, class_names, path)
+        else:
+            model = _state_dict_teacher(obj, arch, num_classes, path)
     model.eval()
     _check_outputs(model, num_classes, input_size, path)
+    return model
+
+
+def _state_dict_teacher(obj: Any, arch: str | None, num_classes: int, path: Path) -> "nn.Module":
+    import torch
+
+    from augkd_edge.models.zoo import build_classifier
+
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a state_dict (a dict of tensors) for the teacher.")
+    if arch is None:
+        raise UserError(f"{path}: a state_dict needs --teacher-arch NAME (a torchvision model name).")
+    model = build_classifier(arch, num_classes)
+    load_state_into(model, obj, path, f"{arch} with {num_classes} classes")
     return model
 
 
@@ -308,4 +332,10 @@ def _check_outputs(model: "nn.Module", num_classes: int, input_size: int, path: 
                 raise UserError(
                     f"{path}: the teacher outputs shape {tuple(out.shape)} for {batch} images, "
                     f"expected ({batch}, {num_classes})."
+                )
+            if not torch.isfinite(out).all():
+                bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+                raise UserError(
+                    f"{path}: the teacher outputs NaN or Inf ({bad} NaN/Inf values among its weights and "
+                    f"buffers); the teacher file is broken, not the run: use a healthy one."
                 )
