@@ -450,3 +450,27 @@ def test_path_kind_mistakes_are_click_usage_errors(args: list[str], needle: str,
     (tmp_path / "file").write_text("x")
     res = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert res.exit_code == 2 and needle in res.stderr and "Usage:" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---- 12. export parity scales with the logits ---------------------------------------------------
+
+
+def test_parity_tolerance_scales_with_the_logits() -> None:
+    import numpy as np
+
+    from augkd_edge.export.parity import compare_logits
+
+    ref = np.linspace(-66, 66, 40, dtype=np.float32).reshape(4, 10)
+    cand = ref + np.float32(2.7e-4)  # the short run's figures: same decisions, float32 rounding of big logits
+    assert compare_logits(ref, cand).passed
+    assert not compare_logits(ref, cand, rtol=0.0).passed
+    assert not compare_logits(ref / 66, cand / 66 + np.float32(2.7e-4)).passed  # small logits: same diff is real
+
+
+def test_export_of_a_real_short_distill_student_passes_parity(finished_run: Path, tmp_path: Path) -> None:
+    res = cli("export", finished_run, "--onnx", "--out", tmp_path / "exp")
+    assert res.exit_code == 0, res.output
+    parity = json.loads((tmp_path / "exp" / "export.json").read_text())["parity"]
+    assert parity["passed"] and parity["top1_agreement"] == 1.0
+    assert parity["tolerance"] == pytest.approx(parity["atol"] + parity["rtol"] * parity["logit_scale"])
+    assert parity["logit_scale"] > 0 and parity["max_abs_diff"] <= parity["tolerance"]
