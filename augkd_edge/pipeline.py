@@ -92,6 +92,20 @@ def check_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
         )
 
 
+def check_same_data(out_dir: Path, student_dom: "Domain") -> None:
+    """A started run continues only on the image list its splits were drawn from (splits.json's fingerprint)."""
+    from augkd_edge.data import check_fingerprint
+
+    path = out_dir / "splits.json"
+    if not _run_started(out_dir) or not path.exists():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("student")
+    except (OSError, ValueError, AttributeError):
+        return  # an older or damaged split file: nothing recorded to compare with
+    check_fingerprint(recorded, student_dom)
+
+
 def prepare_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
     """Write config.json, or check it against the existing run when resuming.
 
@@ -261,6 +275,7 @@ def run_distill(
         check_same_classes(load_domain(cfg.teacher_data, cfg.input_size), student_dom)
     num_classes = len(student_dom.classes)
     given_teacher = check_inputs(cfg, student_dom, Path(cache_dir))
+    check_same_data(out_dir, student_dom)
     splits = student_split(student_dom.labels, cfg.shots, cfg.seed, cfg.eval_per_class, classes=student_dom.classes)
     prepare_run_dir(cfg, out_dir, resume)
     log = MetricsLog(out_dir / "metrics.jsonl")

@@ -387,7 +387,8 @@ def test_teacher_file_with_other_class_names_is_refused(tmp_path: Path) -> None:
     data = image_folder(tmp_path / "data", classes=("a", "b", "z"))
     teacher = _model_file(tmp_path / "t.pt", ["a", "b", "ç"])
     res = cli("distill", "--teacher", teacher, "--target", data, "--method", "kd", *TINY, "--out", tmp_path / "r")
-    refused(res, str(teacher), "teacher: ['a', 'b', 'ç']", "student data: ['a', 'b', 'z']", "only in the teacher: ['ç']")
+    refused(res, str(teacher), "teacher: ['a', 'b', 'ç']", "student data: ['a', 'b', 'z']",
+            "only in the teacher: ['ç']")
     assert not (tmp_path / "r").exists()
 
 
@@ -474,3 +475,14 @@ def test_export_of_a_real_short_distill_student_passes_parity(finished_run: Path
     assert parity["passed"] and parity["top1_agreement"] == 1.0
     assert parity["tolerance"] == pytest.approx(parity["atol"] + parity["rtol"] * parity["logit_scale"])
     assert parity["logit_scale"] > 0 and parity["max_abs_diff"] <= parity["tolerance"]
+
+
+def test_resume_on_changed_data_is_refused(tmp_path: Path, teacher_2: Path) -> None:
+    from PIL import Image
+
+    data = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["distill", "--teacher", teacher_2, "--target", data, "--method", "kd", *TINY, "--out", run]
+    assert cli(*args).exit_code == 0
+    Image.new("RGB", (12, 12)).save(data / "b" / "0a.png")
+    refused(cli(*args, "--resume"), "changed since training", "'b' 5 -> 6")
