@@ -174,6 +174,7 @@ def obtain_teacher(
 
     Returns (teacher, its own-domain eval accuracy or None, wall seconds spent).
     """
+    from augkd_edge.models.loading import load_teacher
     from augkd_edge.teacher import settings_key
 
     t0 = time.perf_counter()
@@ -183,7 +184,7 @@ def obtain_teacher(
         return given.to(device), None, time.perf_counter() - t0
 
     from augkd_edge.data import load_domain
-    from augkd_edge.models.loading import load_model_file, load_teacher
+    from augkd_edge.models.loading import load_model_file
     from augkd_edge.teacher import TeacherSettings, train_teacher
 
     tc = cfg.teacher
