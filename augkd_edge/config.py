@@ -257,6 +257,11 @@ class DistillConfig:
         )
         for key in ("teacher_data", "student_data", "teacher_arch", "student_arch"):
             need(bool(getattr(self, key)), key, getattr(self, key), "give a non-empty value")
+        need(0 <= self.seed < 2**32, "seed", self.seed, "use a value from 0 to 2**32 - 1 (numpy's seed range)")
+        for section in ("teacher", "data_free", "anchor", "mixup"):
+            size = getattr(self, section).batch_size
+            need(size >= 2, f"{section}.batch_size", size,
+                 "use at least 2 (BatchNorm cannot train on one image per batch)")
         need(self.shots >= 1, "shots", self.shots, "need at least 1 labelled image per class")
         need(self.eval_per_class >= 1, "eval_per_class", self.eval_per_class, "need at least 1")
         need(self.input_size >= 8 and self.input_size % 4 == 0, "input_size", self.input_size,

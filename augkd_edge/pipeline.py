@@ -65,6 +65,55 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _run_started(out_dir: Path) -> bool:
+    """Whether a stage of the run in ``out_dir`` has started (a checkpoint, a metrics line or results exist)."""
+    metrics = out_dir / "metrics.jsonl"
+    ckpt = out_dir / "ckpt"
+    return ((metrics.exists() and metrics.stat().st_size > 0) or (out_dir / "results.json").exists()
+            or (ckpt.is_dir() and any(ckpt.iterdir())))
+
+
+def check_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
+    """Refuse an --out that cannot take this run, before anything is written.
+
+    A folder whose config.json was written but in which no stage started (the
+    run failed on its inputs) is reused as if empty, with or without --resume.
+    """
+    from augkd_edge.checkpoint import check_writable_dir
+    from augkd_edge.config import DistillConfig
+
+    check_writable_dir(out_dir, "--out")
+    cfg_path = out_dir / "config.json"
+    if not cfg_path.exists() or not _run_started(out_dir):
+        if resume and not cfg_path.exists():
+            raise UserError(f"--resume: {out_dir} holds no run (no config.json); check --out, or drop --resume "
+                            f"to start a new run there.")
+        return
+    if not resume:
+        raise UserError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out.")
+    old = DistillConfig.from_file(cfg_path)
+    diffs = [k for k in cfg.diff(old) if k not in RUN_ONLY_KEYS]
+    if diffs:
+        raise UserError(
+            f"{cfg_path}: cannot resume with a changed configuration ({', '.join(diffs)} differ); "
+            f"use the original options or another --out."
+        )
+
+
+def check_same_data(out_dir: Path, student_dom: "Domain") -> None:
+    """A started run continues only on the image list its splits were drawn from (splits.json's fingerprint)."""
+    from augkd_edge.data import check_fingerprint
+
+    path = out_dir / "splits.json"
+    if not _run_started(out_dir) or not path.exists():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("student")
+    except (OSError, ValueError, AttributeError):
+        return  # an older or damaged split file: nothing recorded to compare with
+    check_fingerprint(recorded, student_dom)
+
+
 def prepare_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
     """Write config.json, or check it against the existing run when resuming.
 
@@ -72,26 +121,42 @@ def prepare_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
     after the write would see "a run already exists").
     """
     from augkd_edge.checkpoint import write_text_atomic
-    from augkd_edge.config import DistillConfig
     from augkd_edge.distributed import current
 
-    cfg_path = out_dir / "config.json"
-    if cfg_path.exists():
-        if not resume:
-            raise UserError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out.")
-        old = DistillConfig.from_file(cfg_path)
-        diffs = [k for k in cfg.diff(old) if k not in RUN_ONLY_KEYS]
-        if diffs:
-            raise UserError(
-                f"{cfg_path}: cannot resume with a changed configuration ({', '.join(diffs)} differ); "
-                f"use the original options or another --out."
-            )
+    check_run_dir(cfg, out_dir, resume)
     dist = current()
     dist.barrier()
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cfg.to_json(), cfg_path)
+        write_text_atomic(cfg.to_json(), out_dir / "config.json")
     dist.barrier()
+
+
+def check_inputs(cfg: "DistillConfig", student_dom: "Domain", cache_dir: Path) -> "nn.Module | None":
+    """Everything a run needs that can be checked before it writes: names, class counts, the cache, the teacher.
+
+    Returns the user's teacher (``cfg.teacher_file``) loaded and probed, or None.
+    """
+    from augkd_edge.checkpoint import check_writable_dir
+    from augkd_edge.models.zoo import model_builder
+
+    if len(student_dom.classes) < 2:
+        raise UserError(f"student data {cfg.student_data!r} has one class ({student_dom.classes[0]!r}); "
+                        f"a classifier needs at least 2 class folders.")
+    model_builder(cfg.student_arch)
+    if cfg.teacher_file:
+        return load_teacher_file(cfg, student_dom.classes)
+    model_builder(cfg.teacher_arch)
+    check_writable_dir(cache_dir, "--cache-dir")
+    return None
+
+
+def load_teacher_file(cfg: "DistillConfig", class_names: list[str]) -> "nn.Module":
+    """The user's teacher, checked on the run's input size, class count and (when recorded) class names."""
+    from augkd_edge.models.loading import load_teacher
+
+    return load_teacher(cfg.teacher_file, cfg.teacher_arch, len(class_names), input_size=cfg.input_size,
+                        class_names=list(class_names))
 
 
 def _subset(domain: "Domain", max_images: int | None, seed: int) -> "Domain":
@@ -110,9 +175,10 @@ def _subset(domain: "Domain", max_images: int | None, seed: int) -> "Domain":
 
 def obtain_teacher(
     cfg: "DistillConfig", num_classes: int, *, device: "torch.device", cache_dir: Path, progress: bool,
-    checkpoint_every: int = 0,
+    checkpoint_every: int = 0, given: "nn.Module | None" = None,
 ) -> tuple["nn.Module", dict[str, Any] | None, float]:
-    """The user's teacher file, or a teacher trained on ``teacher_data`` and cached by its config.
+    """The user's teacher file (``given`` when already loaded), or a teacher trained on ``teacher_data``
+    and cached by its config.
 
     Returns (teacher, its own-domain eval accuracy or None, wall seconds spent).
     """
@@ -121,8 +187,9 @@ def obtain_teacher(
 
     t0 = time.perf_counter()
     if cfg.teacher_file:
-        teacher = load_teacher(cfg.teacher_file, cfg.teacher_arch, num_classes).to(device)
-        return teacher, None, time.perf_counter() - t0
+        if given is None:
+            given = load_teacher(cfg.teacher_file, cfg.teacher_arch, num_classes, input_size=cfg.input_size)
+        return given.to(device), None, time.perf_counter() - t0
 
     from augkd_edge.data import load_domain
     from augkd_edge.models.loading import load_model_file
@@ -221,6 +288,7 @@ def run_distill(
         IMAGENET_MEAN,
         IMAGENET_STD,
         check_same_classes,
+        file_fingerprint,
         load_domain,
         save_splits,
         student_split,
@@ -234,12 +302,11 @@ def run_distill(
     dist = current()
     if not dist.is_main:
         echo = _silent
-    prepare_run_dir(cfg, out_dir, resume)
+    check_run_dir(cfg, out_dir, resume)  # validate everything before writing anything
     shared = Path(shared_dir) if shared_dir is not None else out_dir / "ckpt"
     ckpt_dir = out_dir / "ckpt"
     device = device_for(cfg.device)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    log = MetricsLog(out_dir / "metrics.jsonl")
     wall: dict[str, float] = {}
 
     # ---- data and splits ------------------------------------------------
@@ -247,9 +314,13 @@ def run_distill(
     if not cfg.teacher_file:
         check_same_classes(load_domain(cfg.teacher_data, cfg.input_size), student_dom)
     num_classes = len(student_dom.classes)
+    given_teacher = check_inputs(cfg, student_dom, Path(cache_dir))
+    check_same_data(out_dir, student_dom)
     splits = student_split(student_dom.labels, cfg.shots, cfg.seed, cfg.eval_per_class, classes=student_dom.classes)
+    prepare_run_dir(cfg, out_dir, resume)
+    log = MetricsLog(out_dir / "metrics.jsonl")
     if dist.is_main:
-        save_splits(out_dir / "splits.json", {"student": splits})
+        save_splits(out_dir / "splits.json", {"student": splits}, data={"student": file_fingerprint(student_dom)})
     idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in splits.items()}
     x = {k: student_dom.images[i] for k, i in idx.items()}
     y = {k: student_dom.labels[i] for k, i in idx.items()}
@@ -260,7 +331,7 @@ def run_distill(
     # ---- teacher ------------------------------------------------------------
     teacher, teacher_own, wall["teacher"] = obtain_teacher(
         cfg, num_classes, device=device, cache_dir=Path(cache_dir), progress=progress,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, given=given_teacher,
     )
     teacher.eval()
     teacher_student = {
@@ -444,7 +515,7 @@ def _write_uncertainty(out_dir: Path, energy, labels, preds, indices, classes) -
 
 
 def _save_student(path: Path, student: "nn.Module", cfg: "DistillConfig", domain: "Domain", splits) -> None:  # type: ignore[no-untyped-def]
-    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, file_fingerprint
     from augkd_edge.models.loading import ModelMeta, save_model_file
 
     meta = ModelMeta(
@@ -460,6 +531,7 @@ def _save_student(path: Path, student: "nn.Module", cfg: "DistillConfig", domain
             "seed": cfg.seed,
             "data": cfg.student_data,
             "splits": {k: [int(i) for i in v] for k, v in splits.items()},
+            "data_fingerprint": file_fingerprint(domain),
         },
     )
     save_model_file(path, student, meta)

@@ -49,7 +49,7 @@ def split_arrays(meta: "ModelMeta", split: str) -> tuple["np.ndarray", "np.ndarr
     """Images (float32 [N,3,S,S] in [0,1]) and labels (int64) of one split of the model's data."""
     import numpy as np
 
-    from augkd_edge.data import load_domain
+    from augkd_edge.data import check_fingerprint, load_domain
 
     spec = meta.extra.get("data")
     splits = meta.extra.get("splits")
@@ -61,6 +61,7 @@ def split_arrays(meta: "ModelMeta", split: str) -> tuple["np.ndarray", "np.ndarr
     if split not in splits:
         raise UserError(f"the model file has splits {sorted(splits)}, not {split!r}.")
     domain = load_domain(spec, meta.input_size)
+    check_fingerprint(meta.extra.get("data_fingerprint"), domain)
     idx = np.asarray(splits[split], dtype=np.int64)
     if len(idx) and idx.max() >= len(domain.labels):
         raise UserError(

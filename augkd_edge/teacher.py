@@ -69,7 +69,7 @@ def train_teacher(
     import torch
 
     from augkd_edge.checkpoint import write_text_atomic
-    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, save_splits, teacher_split
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, file_fingerprint, save_splits, teacher_split
     from augkd_edge.distributed import current
     from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, prefetch_depth
     from augkd_edge.method.common import StudentStage, make_augment
@@ -78,15 +78,16 @@ def train_teacher(
 
     main = current().is_main  # under torchrun every rank trains, rank 0 writes
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     splits = teacher_split(domain.labels, seed=settings.seed, eval_frac=settings.eval_frac)
-    if main:
-        save_splits(out_dir / "splits.json", {"teacher": splits})
     train_idx = torch.as_tensor(splits["train"], dtype=torch.long)
     eval_idx = torch.as_tensor(splits["eval"], dtype=torch.long)
 
     model = build_classifier(settings.arch, len(domain.classes)).to(device)
+    # Written only once the inputs are known to be good: a failed start leaves no half-made folder.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        save_splits(out_dir / "splits.json", {"teacher": splits}, data={"teacher": file_fingerprint(domain)})
     # The teacher trains like a student without a teacher: CE, one shared loop.
     stage = StudentStage(
         "teacher",
@@ -139,6 +140,7 @@ def train_teacher(
         extra={
             "data": domain.name,
             "splits": {k: [int(i) for i in v] for k, v in splits.items()},
+            "data_fingerprint": file_fingerprint(domain),
             "role": "teacher",
             "best_epoch": result.best_epoch,
         },

@@ -112,30 +112,36 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path: Path, teac
     assert {p.name: p.stat().st_mtime_ns for p in (ref / "ckpt").iterdir()} == stamps
     assert json.loads((ref / "results.json").read_text())["test"] == reference["test"]
 
-    rng = random.Random(int(os.environ.get("AUGKD_TEST_SEED", "0")) or None)
-    for trial in range(TRIALS):
-        out = tmp_path / f"trial{trial}"
-        kills = []
-        for i, stage in enumerate(MODULES):
-            _, per_epoch, epochs = MODULES[stage]
-            kills.append(_kill_in(stage, teacher_file, out, i > 0, rng, walls[stage] / (per_epoch * epochs)))
-        done = subprocess.run(_cmd(teacher_file, out, True), capture_output=True, text=True, env=_env())
-        assert done.returncode == 0, f"kills {kills}: {done.stdout + done.stderr}"
-        results = json.loads((out / "results.json").read_text())
-        for split in ("eval", "test"):
-            assert results[split] == reference[split], f"trial {trial}, kills {kills}: {split} differs"
-        state = _student_state(out)
-        assert state.keys() == ref_state.keys()
-        for key in state:
-            assert torch.equal(state[key], ref_state[key]), f"trial {trial}, kills {kills}: {key} differs"
-        # a finished epoch is never redone (or logged twice), none is lost
-        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        for stage, (_, _, epochs) in MODULES.items():
-            logged = [r["epoch"] for r in records if r["stage"] == stage]
-            assert logged == list(range(1, epochs + 1)), f"trial {trial}, kills {kills}: {stage} epochs {logged}"
-            ref_hist = [r for r in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())
-                        if r["stage"] == stage]
-            got = [r for r in records if r["stage"] == stage]
-            for a, b in zip(ref_hist, got):
-                assert {k: v for k, v in a.items() if k != "wall_s"} == {
-                    k: v for k, v in b.items() if k != "wall_s"}, f"trial {trial}, kills {kills}: {stage} metrics"
+    # Random kill points; the seed is printed and named in every failure so a red run can be replayed.
+    seed = int(os.environ.get("AUGKD_TEST_SEED", "0")) or random.SystemRandom().randrange(1, 2**31)
+    print(f"kill points drawn with AUGKD_TEST_SEED={seed}")
+    rng = random.Random(seed)
+    try:
+        for trial in range(TRIALS):
+            out = tmp_path / f"trial{trial}"
+            kills = []
+            for i, stage in enumerate(MODULES):
+                _, per_epoch, epochs = MODULES[stage]
+                kills.append(_kill_in(stage, teacher_file, out, i > 0, rng, walls[stage] / (per_epoch * epochs)))
+            done = subprocess.run(_cmd(teacher_file, out, True), capture_output=True, text=True, env=_env())
+            assert done.returncode == 0, f"kills {kills}: {done.stdout + done.stderr}"
+            results = json.loads((out / "results.json").read_text())
+            for split in ("eval", "test"):
+                assert results[split] == reference[split], f"trial {trial}, kills {kills}: {split} differs"
+            state = _student_state(out)
+            assert state.keys() == ref_state.keys()
+            for key in state:
+                assert torch.equal(state[key], ref_state[key]), f"trial {trial}, kills {kills}: {key} differs"
+            # a finished epoch is never redone (or logged twice), none is lost
+            records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            for stage, (_, _, epochs) in MODULES.items():
+                logged = [r["epoch"] for r in records if r["stage"] == stage]
+                assert logged == list(range(1, epochs + 1)), f"trial {trial}, kills {kills}: {stage} epochs {logged}"
+                ref_hist = [r for r in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())
+                            if r["stage"] == stage]
+                got = [r for r in records if r["stage"] == stage]
+                for a, b in zip(ref_hist, got):
+                    assert {k: v for k, v in a.items() if k != "wall_s"} == {
+                        k: v for k, v in b.items() if k != "wall_s"}, f"trial {trial}, kills {kills}: {stage} metrics"
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nreplay with AUGKD_TEST_SEED={seed}") from exc

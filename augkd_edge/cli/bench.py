@@ -184,8 +184,10 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
     from tqdm import tqdm
 
     from augkd_edge import __version__
+    from augkd_edge.checkpoint import check_writable_dir
     from augkd_edge.export import bench_report, envinfo, latency
 
+    check_writable_dir(out_dir, "--out")
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
     unknown = sorted(set(wanted) - set(BACKENDS))
     if unknown:
@@ -246,8 +248,10 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
 def compare(reports: tuple[Path, ...], baseline: int, match: str, out_dir: Path) -> None:
     """Put REPORT(s) (report.json files or their folders) in one table and plot, with speedups
     against the baseline."""
+    from augkd_edge.checkpoint import check_writable_dir
     from augkd_edge.export import bench_report
 
+    check_writable_dir(out_dir, "--out")
     loaded = [bench_report.load_report(p) for p in reports]
     names = _unique_names([bench_report.report_name(r, str(p)) for r, p in zip(loaded, reports)])
     fields = [f.strip() for f in match.split(",") if f.strip() and f.strip() != "batch"]

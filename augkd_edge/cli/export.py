@@ -16,8 +16,9 @@ be inspected.
 (``in_graph: true``, mean, std); ``class_names``; ``opset``, ``exporter``,
 ``batch`` ("dynamic" or N); ``input`` / ``output`` (name, shape, dtype);
 ``operators``; ``parity`` (split, images, max_abs_diff, max_rel_diff,
-top1_agreement, atol, min_agreement, passed); ``int8`` (calibration method,
-split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
+top1_agreement, atol, rtol, logit_scale = the largest |PyTorch logit|,
+tolerance = atol + rtol * logit_scale, min_agreement, passed); ``int8``
+(calibration method, split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
 accepted, forced); ``tensorrt`` (settings incl. profile and precision,
 op_support with the TensorRT version of the operator list and offending nodes,
 build_script, trtexec, available, and with an engine: its metadata and
@@ -112,7 +113,7 @@ class _Job:
     threads: int | None
 
 
-def _export_fp32(job: _Job, opset: int, split: str, atol: float, min_agreement: float) -> Path:
+def _export_fp32(job: _Job, opset: int, split: str, atol: float, rtol: float, min_agreement: float) -> Path:
     from augkd_edge.export.onnx import export_onnx
     from augkd_edge.export.parity import compare_runners
     from augkd_edge.export.runtimes import OrtRunner, TorchRunner
@@ -120,7 +121,7 @@ def _export_fp32(job: _Job, opset: int, split: str, atol: float, min_agreement: 
     info = export_onnx(job.model, job.out / "student.onnx", job.meta.input_size, opset=opset, batch=job.batch)
     click.echo(f"wrote {info.path} (opset {info.opset}, {info.exporter} exporter, input {info.input_shape})")
     with TorchRunner(job.model) as ref, OrtRunner(info.path, threads=job.threads) as cand:
-        parity = compare_runners(ref, cand, job.test_x, atol=atol, min_agreement=min_agreement,
+        parity = compare_runners(ref, cand, job.test_x, atol=atol, rtol=rtol, min_agreement=min_agreement,
                                  fixed_batch=job.batch)
     click.echo(f"{split} split: {parity.summary()}")
     job.record.update({
@@ -242,7 +243,11 @@ def _trt_parity(job: _Job, onnx_path: Path, engine_path: Path, min_agreement: fl
 @click.option("--split", type=click.Choice(["test", "eval"]), default="test", show_default=True,
               help="Student-domain split used for parity and INT8 accuracy (a teacher run has no test split: use eval).")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-              help="Largest allowed |ONNX Runtime - PyTorch| over all logits of the split.")
+              help="Absolute part of the parity tolerance: |ONNX Runtime - PyTorch| over all logits of the split "
+                   "may reach atol + rtol x the largest |logit|.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
+              help="Relative part of the parity tolerance, a fraction of the largest |logit| (float32 rounding "
+                   "grows with the logits' range).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Smallest allowed fraction of images whose top-1 class matches PyTorch's (1.0 = all).")
 @click.option("--int8", is_flag=True,
@@ -277,7 +282,7 @@ def _trt_parity(job: _Job, onnx_path: Path, engine_path: Path, min_agreement: fl
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder: student.onnx, student.int8.onnx, build_engine.sh / *.engine, export.json.")
 def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_size: int | None, split: str,
-            atol: float, min_agreement: float, int8: bool, calibration: str, calibration_size: int,
+            atol: float, rtol: float, min_agreement: float, int8: bool, calibration: str, calibration_size: int,
             max_drop: float, force: bool, trt: bool, fp16: bool, workspace_mb: int, min_batch: int,
             opt_batch: int, max_batch: int, trt_min_agreement: float, threads: int | None, out_dir: Path) -> None:
     """Export a trained student (a run folder or its student.pt) for deployment.
@@ -290,8 +295,11 @@ def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_siz
     from augkd_edge.export.tensorrt import EngineSettings, sha256_file, write_json_atomic
     from augkd_edge.rundir import load_student, resolve_model_path, split_arrays
 
+    from augkd_edge.checkpoint import check_writable_dir
+
     if not (want_onnx or int8 or trt):
         raise UserError("nothing to export: give --onnx, --int8 and/or --trt.")
+    check_writable_dir(out_dir, "--out")
     if fp16 and not trt:
         raise UserError("--fp16 applies to the TensorRT engine: add --trt.")
     batch = _batch_option(batch_text)
@@ -323,7 +331,7 @@ def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_siz
     job = _Job(out=out_dir, model=with_normalisation(student, meta.mean, meta.std), meta=meta,
                model_path=model_path, record=record, test_x=test_x, test_y=test_y, batch=batch, threads=threads)
     try:
-        fp32_path = _export_fp32(job, opset, split, atol, min_agreement)
+        fp32_path = _export_fp32(job, opset, split, atol, rtol, min_agreement)
         int8_path = _export_int8(job, fp32_path, calibration, calibration_size, max_drop, force) if int8 else None
         if settings is not None:
             settings = dataclasses.replace(settings, input_size=meta.input_size)

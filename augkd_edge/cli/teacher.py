@@ -18,8 +18,8 @@ _D = TeacherSettings()
               help="torchvision classification model name (resnet18, resnet34, resnet50, mobilenet_v3_small, ...).")
 @click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs, show_default=True,
               help="Training epochs; the best epoch by eval top-1 is kept.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, show_default=True,
-              help="Images per step.")
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True,
+              help="Images per step (at least 2: BatchNorm cannot train on one image).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_D.lr, show_default=True,
               help="Peak learning rate of SGD (Nesterov) with a cosine schedule.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_D.weight_decay, show_default=True,
@@ -49,16 +49,26 @@ def command(data_spec: str, arch: str, epochs: int, batch_size: int, lr: float, 
     Several GPUs (or CPU processes): torchrun --nproc-per-node N -m augkd_edge.cli teacher ...
     """
     from augkd_edge import distributed
-    from augkd_edge.data import load_domain
+    from augkd_edge.checkpoint import check_writable_dir
+    from augkd_edge.data import check_same_classes, load_domain
     from augkd_edge.engine import set_deterministic
     from augkd_edge.teacher import train_teacher
 
     settings = TeacherSettings(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, seed=seed, input_size=input_size, amp=amp)
+    from augkd_edge.errors import UserError
+
+    if batch_size < 2:
+        raise UserError(f"--batch-size {batch_size}: use at least 2 (BatchNorm cannot train on one image per batch).")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed}: use a value from 0 to 2**32 - 1 (numpy's seed range).")
+    check_writable_dir(out_dir, "--out")
     set_deterministic(deterministic)
     dev = distributed.device_for(device)
     domain = load_domain(data_spec, input_size)
     others = [load_domain(spec, input_size) for spec in also_eval]
+    for other in others:  # before training, not after all epochs
+        check_same_classes(domain, other)
     with distributed.session(dev) as dist:
         if dist.is_main:
             click.echo(f"teacher {arch} on {data_spec}: {len(domain.labels)} images, {len(domain.classes)} classes, "

@@ -9,7 +9,7 @@ into training input. Modules: ``domain`` (specs, unions, cache), ``digits`` and
 """
 
 from augkd_edge.data.augment import augment, normalize
-from augkd_edge.data.domain import Domain, check_same_classes, load_domain
+from augkd_edge.data.domain import Domain, check_fingerprint, check_same_classes, file_fingerprint, load_domain
 from augkd_edge.data.folder import BadImageWarning
 from augkd_edge.data.splits import load_splits, save_splits, student_split, teacher_split
 from augkd_edge.models.loading import IMAGENET_MEAN, IMAGENET_STD
@@ -20,7 +20,9 @@ __all__ = [
     "BadImageWarning",
     "Domain",
     "augment",
+    "check_fingerprint",
     "check_same_classes",
+    "file_fingerprint",
     "load_domain",
     "load_splits",
     "normalize",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -95,6 +96,44 @@ def _load_cached(key: str, input_size: int, on_bad_file: str, fingerprint: tuple
         return Domain(key, images, labels, list(DIGIT_CLASSES), KIND_DIGITS, None)
     images, labels, classes, files = load_image_folder(Path(key), input_size, on_bad_file)
     return Domain(key, images, labels, classes, KIND_NATURAL, files)
+
+
+def file_fingerprint(domain: Domain) -> dict | None:
+    """What identifies a folder domain's image list: counts per class and a hash of (label, name, size) per image.
+
+    Recorded with the splits, because split indices point into this list: an
+    image added to a class folder shifts them, and a "test" split would then
+    hold training images. None for built-in data (it comes from installed
+    packages). File names, not paths, so a moved data folder still matches.
+    """
+    if domain.files is None:
+        return None
+    digest = hashlib.sha256()
+    for path, label in zip(domain.files, domain.labels.tolist()):
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = -1
+        digest.update(f"{label}\t{os.path.basename(path)}\t{size}\n".encode())
+    counts = {name: int((domain.labels == i).sum()) for i, name in enumerate(domain.classes)}
+    return {"images": len(domain.files), "per_class": counts, "sha256": digest.hexdigest()}
+
+
+def check_fingerprint(recorded: dict | None, domain: Domain) -> None:
+    """UserError naming what changed when ``domain`` is no longer the image list ``recorded`` describes."""
+    now = file_fingerprint(domain)
+    if recorded is None or now is None or now["sha256"] == recorded.get("sha256"):
+        return
+    before = recorded.get("per_class", {})
+    changes = [f"'{name}' {before.get(name, 0)} -> {now['per_class'].get(name, 0)}"
+               for name in sorted(set(before) | set(now["per_class"]))
+               if before.get(name, 0) != now["per_class"].get(name, 0)]
+    what = ("images per class changed: " + ", ".join(changes[:10]) + (" ..." if len(changes) > 10 else "")
+            if changes else "same counts, but files were renamed, replaced or resized")
+    raise UserError(
+        f"data {domain.name!r} changed since training ({recorded.get('images')} -> {now['images']} images; {what}); "
+        f"the recorded splits no longer point at the same images. Restore the data as it was, or train again."
+    )
 
 
 def class_differences(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:

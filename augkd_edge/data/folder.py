@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from augkd_edge.errors import UserError
+from augkd_edge.errors import BadImageWarning, UserError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 BAD_FILE_POLICIES = ("skip", "error")
 
 
-class BadImageWarning(UserWarning):
-    """An image file was skipped while loading a folder domain."""
+# After this many skipped files, a count closes the list of warnings.
+SUMMARY_AFTER = 5
 
 
 class _BadImage(Exception):
@@ -59,15 +59,44 @@ def _visible(entries: list[os.DirEntry]) -> list[os.DirEntry]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _class_files(folder: Path) -> list[Path]:
-    """Visible files under one class folder, recursively, in a stable order."""
+def _class_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[Path]:
+    """Visible files under one class folder, recursively, in a stable order.
+
+    Links to folders are followed once: a link to a folder already read on this
+    walk (a loop such as ``a/loop -> a``, or a second way to the same folder) is
+    skipped with a BadImageWarning naming it.
+    """
+    if seen is None:
+        st = os.stat(folder)
+        seen = {(st.st_dev, st.st_ino)}
     files: list[Path] = []
-    with os.scandir(folder) as it:
-        for entry in _visible(list(it)):
-            if entry.is_dir():
-                files.extend(_class_files(Path(entry.path)))
-            elif entry.is_file():
-                files.append(Path(entry.path))
+    try:
+        with os.scandir(folder) as it:
+            entries = _visible(list(it))
+    except OSError as exc:
+        warnings.warn(f"skipped {folder}: cannot list this folder ({exc.strerror})", BadImageWarning, stacklevel=2)
+        return files
+    for entry in entries:
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()
+        except OSError as exc:  # a link to itself: the OS refuses to resolve it
+            warnings.warn(f"skipped link {entry.path}: {exc.strerror}", BadImageWarning, stacklevel=2)
+            continue
+        if is_dir:
+            try:
+                st = entry.stat()
+            except OSError as exc:  # a link loop the OS refuses to resolve, a dangling path
+                warnings.warn(f"skipped {entry.path}: {exc.strerror}", BadImageWarning, stacklevel=2)
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                warnings.warn(f"skipped link {entry.path}: it leads to {os.path.realpath(entry.path)}, a folder "
+                              f"already read (a link loop or a second path to the same images)", BadImageWarning,
+                              stacklevel=2)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            files.extend(_class_files(Path(entry.path), seen))
+        elif is_file:
+            files.append(Path(entry.path))
     return files
 
 
@@ -158,6 +187,10 @@ def load_image_folder(
             raise UserError(f"{path}: {result}; fix or remove the file, or let augkd-edge skip bad files (the default).")
         else:
             warnings.warn(f"skipped {path}: {result}", BadImageWarning, stacklevel=3)
+    skipped = len(jobs) - len(kept)
+    if skipped > SUMMARY_AFTER:
+        warnings.warn(f"{root}: skipped {skipped} of {len(jobs)} files (listed above); using {len(kept)} images",
+                      BadImageWarning, stacklevel=3)
     labels = np.array([jobs[i][1] for i in kept], dtype=np.int64)
     for label, name in enumerate(classes):
         if not (labels == label).any():

@@ -9,7 +9,11 @@ Split file (JSON)::
 
     {"format": "augkd-edge/splits", "version": 1,
      "splits": {"teacher": {"train": [0, 3, ...], "eval": [...]},
-                "student": {"train": [...], "eval": [...], "test": [...]}}}
+                "student": {"train": [...], "eval": [...], "test": [...]}},
+     "data": {"student": {"images", "per_class", "sha256"} | null, ...}}
+
+``data`` (optional) fingerprints the image list each group's indices point
+into (:func:`~augkd_edge.data.domain.file_fingerprint`; null for built-in data).
 """
 
 from __future__ import annotations
@@ -102,8 +106,9 @@ def student_split(
     return stratified_split(array, seed, ["train", "eval", "test"], lambda count: [shots, eval_per_class])
 
 
-def save_splits(path: str | os.PathLike, splits: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write the split file atomically (format in the module docstring)."""
+def save_splits(path: str | os.PathLike, splits: dict[str, dict[str, np.ndarray]],
+                data: dict[str, dict | None] | None = None) -> None:
+    """Write the split file atomically (format in the module docstring); ``data``: fingerprints per group."""
     from augkd_edge.checkpoint import write_text_atomic
 
     record = {
@@ -114,6 +119,8 @@ def save_splits(path: str | os.PathLike, splits: dict[str, dict[str, np.ndarray]
             for group, parts in splits.items()
         },
     }
+    if data is not None:
+        record["data"] = data
     write_text_atomic(json.dumps(record, indent=1) + "\n", path)
 
 

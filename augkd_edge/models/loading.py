@@ -18,6 +18,7 @@ know); anything that needs unpickling of arbitrary objects is refused.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,11 +96,26 @@ def load_state_into(model: "nn.Module", state: dict, path: str | Path, what: str
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        first = str(exc).splitlines()
-        detail = "; ".join(line.strip() for line in first[:3])
         raise UserError(
-            f"{path}: weights do not fit {what} (another architecture or class count?): {detail}"
+            f"{path}: weights do not fit {what} (another architecture or class count?): "
+            f"{_state_mismatch(model.state_dict(), state) or str(exc).splitlines()[0][:300]}"
         ) from exc
+
+
+def _state_mismatch(expected: dict, given: dict, show: int = 3) -> str:
+    """A short summary of how two state_dicts differ: counts and the first few keys of each kind."""
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(getattr(given[k], 'shape', ()))} vs {tuple(expected[k].shape)}"
+              for k in expected if k in given and getattr(given[k], "shape", None) != expected[k].shape]
+    parts = [f"{len(keys)} {name} ({first(keys)})" for name, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (file vs model)", shapes))
+             if keys]
+    return "; ".join(parts)
 
 
 def load_model_file(path: str | Path) -> tuple["nn.Module", ModelMeta]:
@@ -129,29 +145,41 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
-def load_teacher(path: str | Path, arch: str | None, num_classes: int) -> "nn.Module":
+def load_teacher(
+    path: str | Path, arch: str | None, num_classes: int, *, input_size: int = 32,
+    class_names: list[str] | None = None,
+) -> "nn.Module":
     """Load a teacher the user gives, without running code from the file.
 
     Accepted: an augkd-edge model file; a state_dict for ``arch`` (torchvision
     name); a ``torch.export`` archive (``.pt2``); a TorchScript archive. The
-    returned module is in eval mode with ``num_classes`` outputs (checked).
+    returned module is in eval mode with ``num_classes`` outputs, checked on
+    ``input_size`` inputs at several batch sizes. An augkd-edge model file that
+    records its class names must match ``class_names`` (when given); the same
+    names in another order are mapped by name.
     """
     import torch
 
     from augkd_edge.checkpoint import load_safe
-    from augkd_edge.models.zoo import build_classifier
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: teacher file not found; check --teacher.")
     if path.suffix == ".pt2":
+        from augkd_edge.models.pt2 import check_pt2_archive
+
+        check_pt2_archive(path)  # before torch: its loader unpickles and evaluates parts of the file
         try:
-            model = _ExportedModule(torch.export.load(str(path)).module())
+            program = torch.export.load(str(path))
+            model = _FrozenProgram(program.module(), _static_input_shape(program))
         except Exception as exc:  # torch.export raises many types for bad archives
             raise UserError(f"{path}: not a loadable torch.export archive: {exc}") from exc
+        _check_static_size(model, input_size, path)
     elif _is_torchscript(path):
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": the user's format
+                model = _FrozenProgram(torch.jit.load(str(path), map_location="cpu").eval(), None)
         except Exception as exc:
             raise UserError(f"{path}: not a loadable TorchScript archive: {exc}") from exc
     else:
@@ -162,58 +190,152 @@ def load_teacher(path: str | Path, arch: str | None, num_classes: int) -> "nn.Mo
                 raise UserError(
                     f"{path}: teacher has {meta.num_classes} classes but the data has {num_classes}."
                 )
-            return model
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise UserError(f"{path}: expected a state_dict (a dict of tensors) for the teacher.")
-        if arch is None:
-            raise UserError(f"{path}: a state_dict needs --teacher-arch NAME (a torchvision model name).")
-        model = build_classifier(arch, num_classes)
-        load_state_into(model, obj, path, f"{arch} with {num_classes} classes")
+            model = _match_class_names(model, meta.class_names, class_names, path)
+        else:
+            model = _state_dict_teacher(obj, arch, num_classes, path)
     model.eval()
-    _check_outputs(model, num_classes, path)
+    _check_outputs(model, num_classes, input_size, path)
     return model
 
 
-def _exported_module_type() -> type:
+def _state_dict_teacher(obj: Any, arch: str | None, num_classes: int, path: Path) -> "nn.Module":
+    import torch
+
+    from augkd_edge.models.zoo import build_classifier
+
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a state_dict (a dict of tensors) for the teacher.")
+    if arch is None:
+        raise UserError(f"{path}: a state_dict needs --teacher-arch NAME (a torchvision model name).")
+    model = build_classifier(arch, num_classes)
+    load_state_into(model, obj, path, f"{arch} with {num_classes} classes")
+    return model
+
+
+def _match_class_names(model: "nn.Module", teacher: list[str], student: list[str] | None, path: Path) -> "nn.Module":
+    """The teacher as is, reordered to the student's class order, or UserError naming both lists."""
+    if student is None or list(teacher) == list(student):
+        return model
+    if sorted(teacher) != sorted(student):
+        only_t = sorted(set(teacher) - set(student))
+        only_s = sorted(set(student) - set(teacher))
+        raise UserError(
+            f"{path}: the teacher was trained on other classes than the student data has "
+            f"(teacher: {list(teacher)}; student data: {list(student)}; only in the teacher: {only_t or 'none'}; "
+            f"only in the student data: {only_s or 'none'}); rename the class folders to match."
+        )
+    import torch
     from torch import nn
 
-    class ExportedModule(nn.Module):
-        """A ``torch.export`` program as a teacher.
+    class Reordered(nn.Module):
+        """The teacher's logits in the student's class order (same names, other order)."""
 
-        Exported graphs are frozen in the mode they were exported in and refuse
-        ``.eval()``/``.train()``; the training stack toggles modes on every model,
-        so this wrapper records the mode without passing it down.
-        """
-
-        def __init__(self, inner: nn.Module):
+        def __init__(self, inner: nn.Module, order: list[int]):
             super().__init__()
             self.inner = inner
+            self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
 
-        def train(self, mode: bool = True) -> "ExportedModule":
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.inner(x).index_select(1, self.order)
+
+    return Reordered(model, [teacher.index(name) for name in student]).eval()
+
+
+def _static_input_shape(program: Any) -> tuple[int, ...] | None:
+    """The fixed shape of a ``torch.export`` program's one input, or None when any dim is dynamic."""
+    import torch
+
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            val = node.meta.get("val")
+            shape = getattr(val, "shape", None)
+            if shape is not None and all(isinstance(d, int) and not isinstance(d, torch.SymInt) for d in shape):
+                return tuple(int(d) for d in shape)
+            return None
+    return None
+
+
+def _check_static_size(model: "nn.Module", input_size: int, path: Path) -> None:
+    shape = getattr(model, "static_shape", None)
+    if shape is not None and len(shape) == 4 and tuple(shape[1:]) != (3, input_size, input_size):
+        raise UserError(
+            f"{path}: this torch.export archive only takes inputs of shape {tuple(shape)}, but the run uses "
+            f"{input_size}x{input_size} images; run with --input-size {shape[-1]} or export the teacher "
+            f"for {input_size}x{input_size} inputs."
+        )
+
+
+def _frozen_program_type() -> type:
+    import torch
+    from torch import nn
+
+    class FrozenProgram(nn.Module):
+        """A TorchScript or ``torch.export`` program as a frozen teacher.
+
+        Exported graphs are frozen in the mode they were exported in and refuse
+        ``.eval()``/``.train()``, and ScriptModules refuse ``requires_grad_``; the
+        training stack toggles modes and freezes every model, so this wrapper
+        records the mode without passing it down (the program stays in eval
+        mode). A program exported for one fixed batch size ``static_shape[0]``
+        gets any batch: split into chunks of that size, the last one padded.
+        """
+
+        def __init__(self, inner: nn.Module, static_shape: tuple[int, ...] | None):
+            super().__init__()
+            self.inner = inner
+            self.static_shape = static_shape
+
+        def train(self, mode: bool = True) -> "FrozenProgram":
             self.training = mode
             return self
 
         def forward(self, x):  # type: ignore[no-untyped-def]
-            return self.inner(x)
+            batch = self.static_shape[0] if self.static_shape else None
+            if batch is None or x.shape[0] == batch:
+                return self.inner(x)
+            outs = []
+            for chunk in torch.split(x, batch):
+                n = chunk.shape[0]
+                if n < batch:
+                    chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+                outs.append(self.inner(chunk)[:n])
+            return torch.cat(outs)
 
-    return ExportedModule
+    return FrozenProgram
 
 
-def _ExportedModule(inner: "nn.Module") -> "nn.Module":
-    return _exported_module_type()(inner)
+def _FrozenProgram(inner: "nn.Module", static_shape: tuple[int, ...] | None) -> "nn.Module":
+    return _frozen_program_type()(inner, static_shape)
 
 
-def _check_outputs(model: "nn.Module", num_classes: int, path: Path) -> None:
+# Batch sizes the probe tries: 1 (a last partial batch), an odd size, and a full training batch.
+PROBE_BATCHES = (1, 3, 64)
+
+
+def _check_outputs(model: "nn.Module", num_classes: int, input_size: int, path: Path) -> None:
     import torch
 
     with torch.no_grad():
-        try:
-            out = model(torch.zeros(2, 3, 32, 32))
-        except Exception as exc:
-            raise UserError(f"{path}: the teacher fails on a 2x3x32x32 input: {exc}") from exc
-    if out.ndim != 2 or out.shape[1] != num_classes:
-        raise UserError(
-            f"{path}: the teacher outputs shape {tuple(out.shape)}, expected (batch, {num_classes})."
-        )
+        for batch in PROBE_BATCHES:
+            try:
+                out = model(torch.zeros(batch, 3, input_size, input_size))
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(
+                    f"{path}: the teacher fails on a {batch}x3x{input_size}x{input_size} input (the run feeds "
+                    f"batches of any size at --input-size {input_size}): {first[:300]}"
+                ) from exc
+            if out.ndim != 2 or out.shape != (batch, num_classes):
+                raise UserError(
+                    f"{path}: the teacher outputs shape {tuple(out.shape)} for {batch} images, "
+                    f"expected ({batch}, {num_classes})."
+                )
+            if not torch.isfinite(out).all():
+                bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+                raise UserError(
+                    f"{path}: the teacher outputs NaN or Inf ({bad} NaN/Inf values among its weights and "
+                    f"buffers); the teacher file is broken, not the run: use a healthy one."
+                )

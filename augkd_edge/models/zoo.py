@@ -8,7 +8,7 @@ catch up in short from-scratch runs (eval accuracy near chance, METHOD.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from augkd_edge.errors import UserError
 
@@ -55,6 +55,19 @@ def set_bn_momentum(model: "nn.Module", momentum: float) -> None:
             m.momentum = momentum
 
 
+def model_builder(arch: str) -> Any:
+    """torchvision's builder of ``arch``; UserError listing known names when there is none."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_builder(arch)
+    except ValueError:
+        raise UserError(
+            f"unknown architecture {arch!r}; use a torchvision classification model name "
+            f"such as {', '.join(KNOWN_ARCHS)}"
+        ) from None
+
+
 def build_classifier(
     arch: str,
     num_classes: int,
@@ -66,18 +79,9 @@ def build_classifier(
     ``weights_file``: optional local ImageNet (or other) state_dict, loaded safely
     before the head is resized, since downloads are not possible here.
     """
-    import torchvision
-
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
-    try:
-        builder = torchvision.models.get_model_builder(arch)
-    except ValueError:
-        raise UserError(
-            f"unknown architecture {arch!r}; use a torchvision classification model name "
-            f"such as {', '.join(KNOWN_ARCHS)}"
-        ) from None
-    model = builder(weights=None)
+    model = model_builder(arch)(weights=None)
     if weights_file is not None:
         from augkd_edge.checkpoint import load_safe
 
