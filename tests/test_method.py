@@ -103,7 +103,7 @@ def assert_untouched(module: nn.Module, before: dict[str, torch.Tensor]) -> None
     assert not changed, f"frozen net changed: {changed[:3]}"
 
 
-def mixup_stage(fresh, data, method: str = "augkd", **overrides) -> MixupStage:
+def mixup_stage(fresh, data, method: str = "augkd", trust=None, **overrides) -> MixupStage:
     c = cfg()
     for key, value in overrides.items():
         setattr(c.mixup, key, value)
@@ -111,7 +111,29 @@ def mixup_stage(fresh, data, method: str = "augkd", **overrides) -> MixupStage:
     return build_mixup_stage(
         method, fresh["student"], fresh["teacher"], fresh["generator"], fresh["encoder"],
         x, y, ex, ey, c.mixup, anchor=fresh["anchor"], mean=MEAN, std=STD, seed=0, augment=make_augment("digits"),
+        trust=trust,
     )
+
+
+def test_teacher_share_follows_its_measured_reliability(fresh, data):
+    """u per sample: real images get 1 - (1 - u) r_raw, mixtures the f-blend of r_anchor and r_raw."""
+    from augkd_edge.method.mixup import reliability
+
+    assert reliability(0.1, 10) == 0.0 and reliability(0.05, 10) == 0.0 and reliability(1.0, 10) == 1.0
+    assert reliability(0.55, 10) == pytest.approx(0.5)
+    fixed = mixup_stage(fresh, data)
+    assert fixed.ce_share(8, 16, 0) == fixed.u == 0.5
+    assert fixed.factor(0) == pytest.approx(0.2)  # b
+    stage = mixup_stage(fresh, data, trust=(0.0, 0.8))  # teacher at chance on raw images, reads anchors
+    b = 1 - (1 - 0.2) * 0.8
+    assert stage.factor(0) == pytest.approx(b)  # the curriculum starts from anchors as far as they are read
+    u = stage.ce_share(8, 16, 0)
+    assert u[:8].tolist() == pytest.approx([1.0] * 8)  # real images: plain CE
+    f = stage.factor(0)
+    assert u[8:].tolist() == pytest.approx([1 - 0.5 * ((1 - f) * 0.8)] * 8)
+    assert stage.ce_share(8, 8, 0) == 1.0
+    unreliable_anchors = mixup_stage(fresh, data, trust=(0.5, 0.0))
+    assert unreliable_anchors.factor(0) == 1.0  # no mixup from anchors the teacher cannot read
 
 
 # ---------------------------------------------------------------- Module 1
@@ -154,7 +176,7 @@ def test_anchor_stage_trains_only_the_anchor(fresh, data):
     x, y, ex, ey = data
     stage = AnchorStage(
         fresh["teacher"], fresh["generator"], fresh["encoder"], fresh["anchor"], x, y, ex, ey, cfg().anchor,
-        mean=MEAN, std=STD, seed=0, augment=make_augment("digits"),
+        mean=MEAN, std=STD, seed=0, augment=make_augment("digits"), margin=-5.0,
     )
     before = {k: snapshot(fresh[k]) for k in ("teacher", "generator", "encoder", "anchor")}
     out = run_epoch(stage)
@@ -173,7 +195,11 @@ def test_anchornet_formula_and_initial_mask():
     z, y = torch.randn(4, L), torch.tensor([0, 1, 2, 3])
     z_a, m = net(z, y)
     assert m.mean().item() == pytest.approx(0.75, abs=0.02)  # starts at the target L * (1 - alpha)
-    assert torch.allclose(z_a, m * net.psi(m * z) + (1 - m) * z, atol=1e-6)
+    assert torch.allclose(z_a, m * net.psi(m * z, y) + (1 - m) * z, atol=1e-6)
+    # psi is class-conditional: the same masked latent maps differently for another label
+    assert not torch.allclose(net.psi(m * z, y), net.psi(m * z, (y + 1) % K))
+    paper = AnchorNet(L, K, alpha=0.25, hidden=8, conditional_psi=False)
+    assert torch.allclose(paper.psi(z, y), paper.psi(z, (y + 1) % K))
 
 
 # ---------------------------------------------------------------- Module 3

@@ -45,7 +45,7 @@ def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: P
     res = _distill([*TINY, "--method", method, "--cache-dir", str(cache_dir), "--out", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == 1 and results["method"] == method
+    assert results["schema"] == 2 and results["method"] == method
     for split in ("eval", "test"):
         assert 0.0 <= results[split]["top1"] <= results[split]["top3"] <= results[split]["top5"] <= 1.0
     assert results["split_sizes"] == {"train": 30, "eval": 20, "test": 1797 - 50}

@@ -70,6 +70,9 @@ class AnchorStage:
         """``margin``: the bounded objective's energy margin when ``cfg.energy_margin`` is null."""
         self.teacher, self.generator, self.encoder, self.anchor = teacher, generator, encoder, anchor
         self.margin = cfg.energy_margin if cfg.energy_margin is not None else margin
+        if cfg.objective == "bounded" and self.margin is None:
+            raise ValueError("the bounded anchor objective needs an energy margin: pass the teacher's in-domain "
+                             "energy (pipeline.teacher_domain_energy) or set cfg.energy_margin")
         self.train_x, self.train_y, self.eval_x, self.eval_y = train_x, train_y, eval_x, eval_y
         self.cfg = cfg
         self.mean, self.std, self.seed, self.augment = tuple(mean), tuple(std), seed, augment
