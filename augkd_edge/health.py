@@ -100,8 +100,11 @@ def module_health(
     return out
 
 
-def problems(health: dict[str, Any], teacher_raw_top1: float) -> list[str]:
-    """Plain-language findings, each with what to try; empty when Modules 1 and 2 look healthy."""
+def problems(health: dict[str, Any], teacher_raw_top1: float, objective: str = "bounded") -> list[str]:
+    """Plain-language findings, each with what to try; empty when Modules 1 and 2 look healthy.
+
+    ``objective``: the anchor loss the run used, so the advice does not repeat it.
+    """
     found = []
     rec, anc = health.get("reconstruction"), health.get("anchor")
     if rec is not None and rec["teacher_top1"] < teacher_raw_top1:
@@ -113,10 +116,13 @@ def problems(health: dict[str, Any], teacher_raw_top1: float) -> list[str]:
         )
     if anc is not None:
         if anc["teacher_top1"] < COLLAPSE_TOP1 or anc["max_class_share"] > COLLAPSE_SHARE:
+            fix = ("use --anchor-objective bounded (the paper's loss rewards one over-confident image)"
+                   if objective == "paper" else
+                   "raise --anchor-lambda-ce or --anchor-epochs; if the reconstructions fail too, improve Module 1 "
+                   "first: anchors can only be images the generator can draw")
             found.append(
                 f"Module 2 COLLAPSED: the teacher names the label on {anc['teacher_top1']:.0%} of the anchors and puts "
-                f"{anc['max_class_share']:.0%} of them in one class, so Module 3 starts from the wrong images. Use "
-                "--anchor-objective bounded, raise --anchor-lambda-ce, or improve Module 1 first."
+                f"{anc['max_class_share']:.0%} of them in one class, so Module 3 starts from the wrong images; {fix}."
             )
         ref = anc.get("teacher_domain_energy_mean")
         if ref is not None and anc["energy_mean"] > ref:

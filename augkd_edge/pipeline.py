@@ -405,7 +405,7 @@ def run_distill(
 
     health = module_health(teacher, generator, encoder, anchor, x["eval"], y["eval"], mean=mean, std=std,
                            teacher_domain_energy=reference_energy)
-    findings = problems(health, teacher_student["eval"]["top1"])
+    findings = problems(health, teacher_student["eval"]["top1"], cfg.anchor.objective)
     for line in findings:
         echo(f"  warning: {line}")
     seed_stage(cfg.seed, cfg.method)
