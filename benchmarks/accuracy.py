@@ -85,6 +85,59 @@ def _shared_key(overrides: dict[str, Any], preset: str) -> str:
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def health_row(res: dict[str, Any]) -> dict[str, Any]:
+    """Module 1 / Module 2 health of one run (eval split; results.json schema 2), flattened."""
+    out: dict[str, Any] = {}
+    if res.get("anchor"):
+        a = res["anchor"]
+        out |= {"anchor_teacher_top1": a["teacher_top1"], "anchor_max_class_share": a["max_class_share"],
+                "anchor_energy_mean": a["energy_mean"], "teacher_domain_energy_mean": a["teacher_domain_energy_mean"],
+                "anchor_same_class_distance": a["same_class_distance"],
+                "source_same_class_distance": a["source_same_class_distance"]}
+    if res.get("reconstruction"):
+        out["recon_teacher_top1"] = res["reconstruction"]["teacher_top1"]
+        out["teacher_eval_top1"] = res["teacher"]["student_eval"]["top1"]
+    return out
+
+
+def verdict(methods: dict[str, Any]) -> list[str]:
+    """The issue's targets for one setting, checked on the means: a line each, PASS or MISS with the gap."""
+    if "augkd" not in methods:
+        return []
+    ours = methods["augkd"]["top1_mean"]
+    lines = []
+    if "no-anchor" in methods:
+        gap = ours - methods["no-anchor"]["top1_mean"]
+        lines.append(f"- AuG-KD - no-anchor: {gap * 100:+.2f} points (target >= +2): {'PASS' if gap >= 0.02 else 'MISS'}")
+    others = {m: v["top1_mean"] for m, v in methods.items() if m != "augkd"}
+    if others:
+        best, best_top1 = max(others.items(), key=lambda kv: kv[1])
+        lines.append(f"- AuG-KD - best other method ({best}): {(ours - best_top1) * 100:+.2f} points (target > 0): "
+                     f"{'PASS' if ours > best_top1 else 'MISS'}")
+    if "no-kd" in methods:
+        gap = ours - methods["no-kd"]["top1_mean"]
+        lines.append(f"- AuG-KD - no-kd: {gap * 100:+.2f} points (target >= 0): {'PASS' if gap >= 0 else 'MISS'}")
+    return lines
+
+
+def health_markdown(methods: dict[str, Any]) -> list[str]:
+    rows = methods.get("augkd", {}).get("per_seed", [])
+    rows = [r for r in rows if "anchor_teacher_top1" in r]
+    if not rows:
+        return []
+    lines = ["AuG-KD's Module 1 / Module 2 health per seed (eval split; healthy: anchor top-1 >= 0.90, largest "
+             "class share <= 0.30, anchor energy <= the teacher's own domain, reconstructions >= raw images):", "",
+             "| seed | anchor top-1 | largest class share | anchor energy | teacher-domain energy | anchor / image "
+             "same-class distance | reconstruction top-1 | raw top-1 |", "|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['anchor_teacher_top1']:.2f} | {r['anchor_max_class_share']:.2f} | "
+            f"{r['anchor_energy_mean']:.2f} | {r['teacher_domain_energy_mean']:.2f} | "
+            f"{r['anchor_same_class_distance']:.3f} / {r['source_same_class_distance']:.3f} | "
+            f"{r.get('recon_teacher_top1', float('nan')):.2f} | {r.get('teacher_eval_top1', float('nan')):.2f} |")
+    return lines + [""]
+
+
 def _stats(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -152,6 +205,9 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Teacher top-1 on its own domain (eval split): {own:.4f}." if own is not None else "",
             "",
+            *verdict(setting["methods"]),
+            "",
+            *health_markdown(setting["methods"]),
         ]
     if len(result["settings"]) > 1:
         lines += [
@@ -170,6 +226,18 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(paths: list[str], out_dir: Path) -> int:
+    """One accuracy.json/.md from several (settings in file order; commands joined)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    result = {**parts[0], "command": " && ".join(p["command"] for p in parts),
+              "wall_s": sum(p["wall_s"] for p in parts), "settings": [s for p in parts for s in p["settings"]]}
+    result["eval_selected"] = eval_selected(result["settings"])
+    write_json(result, out_dir / "accuracy.json")
+    (out_dir / "accuracy.md").write_text(markdown(result))
+    print((out_dir / "accuracy.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
@@ -184,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(Path("~/.cache/augkd-edge").expanduser()))
     parser.add_argument("--out", default="benchmarks/results", help="where accuracy.json/.md go")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--merge", nargs="+", metavar="ACCURACY_JSON",
+                        help="only combine the settings of these accuracy.json files (e.g. from runs made in "
+                             "parallel) into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -224,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_method[method].append({
                     "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
                     "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
+                    **health_row(res),
                 })
                 teacher_own = (res["teacher"]["own_eval"] or {}).get("top1", teacher_own)
             teacher_test.append(res["teacher"]["student_test"]["top1"])
