@@ -116,7 +116,7 @@ DRY = {
     "bench_configs": (("fp32", False),),  # --cuda-graphs and fp16 need CUDA
 }
 # Seconds: each command's own limit, and what a step keeps back from the ones before it.
-LIMITS = {"probe": 60, "pytest": 100, "kernels": 75, "throughput": 45, "distill": 75, "bench": 25,
+LIMITS = {"probe": 60, "pytest": 120, "kernels": 120, "throughput": 45, "distill": 75, "bench": 25,
           "torchrun": 75, "wheels": 60, "student": 40}
 RESERVE = {"pytest": 30, "kernels": 40, "throughput": 30, "distill": 30, "bench": 20, "torchrun": 30}
 
@@ -154,9 +154,10 @@ class Step:
 class Check:
     """Runs commands under one deadline, from a scratch folder, logging every one to log.txt."""
 
-    def __init__(self, out: Path, work: Path, dry_run: bool, budget_s: float, env: dict[str, str]):
+    def __init__(self, out: Path, work: Path, dry_run: bool, budget_s: float, env: dict[str, str],
+                 start: float | None = None):
         self.out, self.work, self.dry_run = out, work, dry_run
-        self.start = time.monotonic()
+        self.start = time.monotonic() if start is None else start  # the budget counts the set-up too
         self.deadline = self.start + budget_s
         self.budget_s = budget_s
         self.env = env
@@ -287,6 +288,9 @@ def step_pytest(check: Check, step: Step) -> None:
     ok_skips = dry or counts.get("skipped", 0) == 0
     step.status = "pass" if ran.rc == 0 and counts.get("passed", 0) > 0 and not bad and ok_skips else "fail"
     step.headline = summary or _no_summary(ran)
+    if not summary and ran.timed_out:  # killed before its summary: count its progress characters
+        marks = "".join(re.findall(r"^([.sxXFE]+)\s*(?:\[\s*\d+%\])?\s*$", ran.output, re.M))
+        step.headline += f", {len(marks)} cases done, {marks.count('F') + marks.count('E')} failed or errors"
 
 
 def _no_summary(ran: Ran) -> str:
@@ -564,9 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown step(s) {unknown}; choose from {', '.join(s[0] for s in STEPS)}")
 
+    start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="augkd-device-check-"))
     try:
-        return run_check(args, wanted, work)
+        return run_check(args, wanted, work, start)
     finally:
         if args.keep_work:
             print(f"scratch folder kept: {work}")
@@ -574,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run_check(args: argparse.Namespace, wanted: list[str], work: Path) -> int:
+def run_check(args: argparse.Namespace, wanted: list[str], work: Path, start: float) -> int:
     extra = [source_tree_path(work)]
     env = base_env(work, extra)
     log_lines = []
@@ -605,7 +610,7 @@ def run_check(args: argparse.Namespace, wanted: list[str], work: Path) -> int:
     for old in ("summary.md", "steps.json", "log.txt", "kernels.json", "throughput.json", "distill.json",
                 "bench-report.json", "torchrun.json"):
         (args.out / old).unlink(missing_ok=True)
-    check = Check(args.out.resolve(), work, args.dry_run, args.budget, env)
+    check = Check(args.out.resolve(), work, args.dry_run, args.budget, env, start)
     check.probe = info
     check.log.write("".join(log_lines) + f"probe: {json.dumps(info)}\n")
     print(f"device_check: {info.get('device') or 'CPU dry run'}; torch {info.get('torch')}, triton {info.get('triton')}; "
