@@ -53,7 +53,9 @@ means nothing, the GPU paths run all the same). Any other missing import a step
 needs (click, tqdm, onnx, pytest, triton, ...) makes that step ``skip`` with the
 name, and the others still run. The whole device call::
 
-    python3 benchmarks/device_check.py --wheels .whl "$OUT"       # carry [".whl"], timeout_s 560
+    python3 benchmarks/device_check.py --wheels .whl "$OUT"       # carry [".whl"], timeout_s 540
+
+and, if time is left, ``--steps kernels,bench`` (say) reruns only those steps.
 
 The budget (``--budget``, default 470 s) is a hard deadline for the whole check:
 each command runs for at most its own limit, never past the deadline, and keeps
@@ -123,7 +125,7 @@ RESERVE = {"pytest": 30, "kernels": 40, "throughput": 30, "distill": 30, "bench"
 
 @dataclasses.dataclass
 class Ran:
-    """One command: exit code (None if it never ran), wall time, output (tail-free, as printed)."""
+    """One command: exit code (None if it never ran), wall time and its whole output (stdout and stderr)."""
 
     name: str
     cmd: list[str]
@@ -446,6 +448,7 @@ def step_bench(check: Check, step: Step) -> None:
         elif report is not None:
             merged["results"] += report["results"]
     if merged is not None:
+        merged["environment"]["label"] = "device-check"  # the first run's; the rows say their configuration
         merged["device_check_runs"] = runs
         _write_json(check.out / "bench-report.json", merged)
     step.details = {"model": model.name, "runs": runs}
