@@ -77,6 +77,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ SCHEMA = "augkd-edge/device-check/1"
 MAX_FILES, MAX_FILE_BYTES = 8, 16 * 2**20
 NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
 LOG_TAIL_BYTES = 1 * 2**20  # of each command's output kept in log.txt
+OUTPUT_FILES = ("summary.md", "steps.json", "log.txt", "kernels.json", "throughput.json", "distill.json",
+                "bench-report.json", "torchrun.json")
 # pyproject.toml's [tool.setuptools] package-dir: subpackages that live outside augkd_edge/
 PACKAGE_DIR = {"kernels": "kernels", "export": "export"}
 # Modules whose absence makes a step skip (found with importlib.util.find_spec, nothing imported).
@@ -190,7 +193,10 @@ class Check:
                 finally:
                     _kill_group(proc.pid)  # also whatever it left behind (compile workers, torchrun ranks)
                     if ran.rc is None:
-                        ran.rc = proc.wait()
+                        try:
+                            ran.rc = proc.wait(timeout=30)
+                        except subprocess.TimeoutExpired:  # unkillable (stuck in the driver): leave it
+                            ran.rc = None
             ran.wall_s = time.monotonic() - t0
             ran.output = output_file.read_text(encoding="utf-8", errors="replace")
         tail = ran.output.encode()[-LOG_TAIL_BYTES:].decode(errors="replace")
@@ -222,10 +228,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -530,8 +532,7 @@ def write_summary(check: Check, steps: list[Step], wall_s: float) -> None:
         for r in s.commands:
             lines.append(f"- `{r.name}`: rc {r.rc}, {r.wall_s:.1f} s of {r.limit_s:.0f} s"
                          f"{' **timed out**' if r.timed_out else ''}: `{shlex.join(r.cmd)}`")
-    lines += ["", "Files: summary.md, steps.json, log.txt (each command's output), kernels.json, throughput.json, "
-              "distill.json, bench-report.json, torchrun.json."]
+    lines += ["", f"Files: {', '.join(OUTPUT_FILES)} (log.txt: each command's output)."]
     (check.out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _write_json(check.out / "steps.json", {
         "schema": SCHEMA, "dry_run": check.dry_run, "probe": p, "budget_s": check.budget_s, "wall_s": round(wall_s, 2),
@@ -589,9 +590,13 @@ def run_check(args: argparse.Namespace, wanted: list[str], work: Path, start: fl
     if args.wheels is not None:
         wheels = sorted(str(p) for p in args.wheels.resolve().glob("*.whl"))
         site = work / "site"
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                               "--target", site, *wheels], capture_output=True, text=True, timeout=LIMITS["wheels"])
-        log_lines.append(f"wheels {wheels}: rc {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                   "--no-compile", "--target", site, *wheels], capture_output=True, text=True,
+                                  timeout=LIMITS["wheels"])
+            log_lines.append(f"wheels {wheels}: rc {proc.returncode}\n{proc.stdout}{proc.stderr}")
+        except subprocess.TimeoutExpired:
+            log_lines.append(f"wheels {wheels}: pip took over {LIMITS['wheels']} s\n")
         env = base_env(work, [*extra, site])
     try:
         probe = subprocess.run([sys.executable, "-c", PROBE, *PROBED], cwd=work, env=env, capture_output=True,
@@ -610,8 +615,7 @@ def run_check(args: argparse.Namespace, wanted: list[str], work: Path, start: fl
         return 2
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for old in ("summary.md", "steps.json", "log.txt", "kernels.json", "throughput.json", "distill.json",
-                "bench-report.json", "torchrun.json"):
+    for old in OUTPUT_FILES:
         (args.out / old).unlink(missing_ok=True)
     check = Check(args.out.resolve(), work, args.dry_run, args.budget, env, start)
     check.probe = info
@@ -635,7 +639,7 @@ def run_check(args: argparse.Namespace, wanted: list[str], work: Path, start: fl
             except Exception as exc:  # a step's own bug is that step's failure, not the check's end
                 step.status = "fail"
                 step.headline = f"device_check error: {type(exc).__name__}: {exc}"[:300]
-                check.log.write(f"===== {name}: device_check error {exc!r}\n")
+                check.log.write(f"===== {name}: device_check error\n{traceback.format_exc()}")
         step.wall_s = time.monotonic() - t0
         results.append(step)
         print(f"==> {title}: {step.status.upper()}: {step.headline}", flush=True)
