@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -61,7 +62,7 @@ def test_dry_run_takes_every_step_and_writes_what_the_device_can_return(tmp_path
     assert Path(steps["probe"]["package"]).parent.parent.name == "src"
     assert steps["wall_s"] < steps["budget_s"]
     pytest_step = steps["steps"][0]
-    assert pytest_step["details"]["counts"]["passed"] == 4 and "4 passed" in pytest_step["headline"]
+    assert pytest_step["details"]["counts"]["passed"] >= 4 and " passed" in pytest_step["headline"]
 
     kernels = json.loads((out / "kernels.json").read_text())
     assert kernels["schema"] == "augkd-edge/kernels-bench/1"
@@ -88,7 +89,9 @@ def test_dry_run_takes_every_step_and_writes_what_the_device_can_return(tmp_path
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary and summary.count("| PASS |") == 6 and "6/6 steps passed" in summary
     log = (out / "log.txt").read_text()
-    assert log.count("===== ") == 2 * 7  # seven commands, each opened and closed
+    commands = [c["name"] for s in steps["steps"] for c in s["commands"]]
+    assert len(commands) == 7  # pytest, kernels x2, throughput, distill, bench, torchrun
+    assert re.findall(r"^===== ([\w-]+): rc 0, ", log, re.M) == commands  # each command's output, then its end
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
