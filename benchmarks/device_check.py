@@ -357,6 +357,7 @@ def kernels_headline(report: dict[str, Any]) -> str:
 def step_throughput(check: Check, step: Step) -> None:
     folder = check.work / "throughput"
     reports: dict[str, Any] = {}
+    failures: dict[str, str] = {}
     for amp in check.sizes["throughput_amp"]:
         label = f"check-{amp}"
         cmd = [check.py, ROOT / "benchmarks" / "throughput.py", *check.sizes["throughput"], "--amp", amp,
@@ -364,12 +365,14 @@ def step_throughput(check: Check, step: Step) -> None:
         ran = check.run(f"throughput-{amp}", cmd, LIMITS["throughput"])
         step.commands.append(ran)
         reports[amp] = _read_json(folder / f"throughput-{label}.json") if ran.rc == 0 else None
+        if reports[amp] is None:
+            failures[amp] = _no_summary(ran)
     _write_json(check.out / "throughput.json", {"schema": "augkd-edge/device-check-throughput/1", "amp": reports})
     step.status = "pass" if all(reports.values()) else "fail"
     parts = []
     for amp, report in reports.items():
         if report is None:
-            parts.append(f"{amp}: failed")
+            parts.append(f"{amp}: {failures[amp]}")
             continue
         s = report["stages"]
         parts.append(f"{'fp32' if amp == 'off' else amp} batch {report['batch']}: Module 1/2/3 "

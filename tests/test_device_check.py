@@ -78,7 +78,7 @@ def test_dry_run_takes_every_step_and_writes_what_the_device_can_return(tmp_path
         record = json.loads((out / name).read_text())
         assert record["rc"] == 0 and set(record["stage_wall_s"]) == {"teacher", "data_free", "anchor", "mixup"}
         results = record["results"]
-        assert results["schema"] == 1 and results["processes"] == 1 and 0 <= results["test"]["top1"] <= 1
+        assert results["schema"] >= 1 and results["processes"] == 1 and 0 <= results["test"]["top1"] <= 1
         assert results["settings"]["amp"] == "bf16"
     assert "--nproc-per-node 1" in json.loads((out / "torchrun.json").read_text())["command"]
 
