@@ -151,7 +151,15 @@ def current() -> Dist:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True in a rank that torchrun started, a job of one process included.
+
+    ``torchrun --nproc-per-node 1`` still joins a process group (NCCL on a GPU),
+    so a one-GPU machine shows that NCCL initialises and tears down cleanly
+    (``benchmarks/device_check.py``); torchrun marks its ranks with
+    ``TORCHELASTIC_RUN_ID`` (what ``torch.distributed.is_torchelastic_launched``
+    reads). ``WORLD_SIZE`` > 1 from another launcher counts too.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def device_for(name: str) -> "torch.device":

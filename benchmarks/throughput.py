@@ -32,7 +32,7 @@ import torch
 from augkd_edge.config import AMP_MODES, DistillConfig
 from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD
 from augkd_edge.method.anchor import AnchorStage
-from augkd_edge.method.common import make_augment
+from augkd_edge.method.common import make_augment, teacher_energies
 from augkd_edge.method.data_free import DataFreeStage
 from augkd_edge.method.mixup import build_mixup_stage
 from augkd_edge.models.anchornet import AnchorNet
@@ -101,7 +101,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     teacher, student, gen, enc, _ = nets()
     stage1 = DataFreeStage(teacher, student, gen, enc, cfg.data_free, **common)
     teacher, _, gen, enc, anchor = nets()
-    stage2 = AnchorStage(teacher, gen, enc, anchor, x, y, x[:16], y[:16], cfg.anchor, augment=augment, **common)
+    # the bounded anchor objective's margin: the pipeline measures the teacher's energy on its own
+    # domain; here the stand-in images serve (the step's cost does not depend on the value)
+    margin = float(teacher_energies(teacher, x[:64], IMAGENET_MEAN, IMAGENET_STD).mean())
+    stage2 = AnchorStage(teacher, gen, enc, anchor, x, y, x[:16], y[:16], cfg.anchor, augment=augment, margin=margin,
+                         **common)
     teacher, student, gen, enc, anchor = nets()
     stage3 = build_mixup_stage("augkd", student, teacher, gen, enc, x, y, x[:16], y[:16], cfg.mixup, anchor=anchor,
                                augment=augment, **common)

@@ -150,3 +150,27 @@ def test_torchrun_without_out_is_a_user_error(tmp_path: Path) -> None:
 
     res = CliRunner().invoke(main, ["distill", "--quiet"], env={"WORLD_SIZE": "2", "RANK": "0"})
     assert res.exit_code == 2 and "under torchrun give --out" in res.output
+
+
+def test_a_one_process_torchrun_job_still_joins_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torchrun --nproc-per-node 1` initialises and leaves the backend (NCCL on one GPU: device_check.py)."""
+    import socket
+
+    import torch.distributed as tdist
+
+    from augkd_edge import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert not distributed.launched_by_torchrun()  # WORLD_SIZE 1 from anything but torchrun: one plain process
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    assert distributed.launched_by_torchrun()
+    with distributed.session(torch.device("cpu")) as dist:
+        assert tdist.is_initialized() and tdist.get_world_size() == 1 and dist.backend == "gloo"
+        assert not dist.enabled and dist.is_main  # one rank: no sharding, no DDP wrapper
+    assert not tdist.is_initialized()
