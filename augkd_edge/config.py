@@ -36,6 +36,7 @@ SCHEDULES = ("linear", "step")
 CURRICULA = ("none", "energy")
 AMP_MODES = ("off", "bf16", "fp16")  # --amp; augkd_edge.precision implements them
 ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
+ANCHOR_CERTAINTY = ("label", "all")  # the bounded objective's energy: the label's, or over all classes
 TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
 
 
@@ -96,6 +97,8 @@ class DataFreeConfig:
     # Weight of the encoder's image-space error ||G(E(x, y)) - x||^2 (per-pixel mean); 0 = the paper's
     # latent error alone. docs/method.md, "Module 1".
     encoder_recon_weight: float = 0.0
+    # Weight of the teacher's KL(T(x) || T(G(E(x, y)))): the reconstruction must read as the image did.
+    encoder_teacher_weight: float = 0.0
     # Size of the fixed validation noise set used for checkpoint selection.
     val_samples: int = 256
 
@@ -122,6 +125,8 @@ class AnchorConfig:
     # bounded: the energy level below which certainty is not rewarded further; null = the
     # teacher's mean energy on its own domain (measured once per run, docs/method.md).
     energy_margin: float | None = None
+    # bounded: certainty measured as the label's energy -f_y ("label") or Energy_tau over all classes ("all").
+    certainty: str = "label"
     # bounded: weight of ||z_a - z||^2 / L, which keeps the anchor near the sample's latent.
     lambda_z: float = 0.1
     # Invariant ratio: fraction of latent dimensions kept; the mask targets L * (1 - alpha).
@@ -277,6 +282,8 @@ class DistillConfig:
         need(0 < self.anchor.alpha < 1, "anchor.alpha", self.anchor.alpha, "use a value in (0, 1)")
         need(self.anchor.objective in ANCHOR_OBJECTIVES, "anchor.objective", self.anchor.objective,
              f"use one of {', '.join(ANCHOR_OBJECTIVES)}")
+        need(self.anchor.certainty in ANCHOR_CERTAINTY, "anchor.certainty", self.anchor.certainty,
+             f"use one of {', '.join(ANCHOR_CERTAINTY)}")
         _positive(self.mixup, "mixup", ("epochs", "lr", "batch_size", "a", "tau"), need)
         need(self.mixup.a <= 1, "mixup.a", self.mixup.a, "use a value in (0, 1]")
         need(0 <= self.mixup.b <= 1, "mixup.b", self.mixup.b, "use a value in [0, 1]")
@@ -288,7 +295,8 @@ class DistillConfig:
         need(self.mixup.teacher_trust in TEACHER_TRUST, "mixup.teacher_trust", self.mixup.teacher_trust,
              f"use one of {', '.join(TEACHER_TRUST)}")
         for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",
-                                             "encoder_kl_weight", "encoder_recon_weight")),
+                                             "encoder_kl_weight", "encoder_recon_weight",
+                                             "encoder_teacher_weight")),
                               ("anchor", ("lambda_ce", "lambda_z")), ("mixup", ("weight_decay",))):
             for key in keys:
                 value = getattr(getattr(self, section), key)

@@ -156,15 +156,20 @@ def encoder_loss(
 # ---------------------------------------------------------------- Module 2
 
 
-def bounded_energy(logits: torch.Tensor, margin: float | torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Per-sample squared hinge max(0, Energy_tau(f) - margin)^2 (energy-bounded learning, Liu et al. 2020).
+def bounded_energy(
+    logits: torch.Tensor, margin: float | torch.Tensor, tau: float = 1.0, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample squared hinge max(0, E - margin)^2 (energy-bounded learning, Liu et al. 2020).
 
+    E is Energy_tau(f) = -tau logsumexp(f / tau), or with ``labels`` the
+    label's own energy -f_y (certainty *in the label*, not in any class).
     Zero once the teacher is as certain as ``margin`` (its energy on its own
     domain): unlike the raw energy it cannot fall forever, so it gives no
     reward for driving every anchor to one over-confident image
     (docs/method.md, "Module 2").
     """
-    return torch.relu(energy(logits, tau) - margin).pow(2)
+    e = energy(logits, tau) if labels is None else -logits.gather(1, labels[:, None]).squeeze(1)
+    return torch.relu(e - margin).pow(2)
 
 
 def anchor_loss(
@@ -180,6 +185,7 @@ def anchor_loss(
     z: torch.Tensor | None = None,
     z_a: torch.Tensor | None = None,
     lambda_z: float = 0.0,
+    certainty: str = "label",
 ) -> dict[str, torch.Tensor]:
     """Module 2 loss, per sample then averaged, and its parts.
 
@@ -189,8 +195,10 @@ def anchor_loss(
 
     ``objective="bounded"`` (the default of ``AnchorConfig``; docs/method.md)::
 
-        L_A = max(0, Energy_tau(T(x_a)) - margin)^2 + lambda_ce * CE(T(x_a), y)
+        L_A = max(0, E(T(x_a)) - margin)^2 + lambda_ce * CE(T(x_a), y)
               + |sum_j m_j - L (1 - alpha)| / L + lambda_z * ||z_a - z||^2 / L
+
+    with E the label's energy -f_y (``certainty="label"``) or Energy_tau (``"all"``).
 
     The mask term is per sample with a target inside the mask's reachable
     range [0, L] (the public code compared a batch sum with a per-sample
@@ -210,7 +218,7 @@ def anchor_loss(
         return parts
     if margin is None:
         raise ValueError("the bounded anchor objective needs the energy margin (the teacher's in-domain energy)")
-    parts["energy_hinge"] = bounded_energy(teacher_logits, margin, tau).mean()
+    parts["energy_hinge"] = bounded_energy(teacher_logits, margin, tau, labels if certainty == "label" else None).mean()
     parts["loss"] = parts["energy_hinge"] + lambda_ce * parts["ce"] + parts["mask"]
     if z is not None and z_a is not None:
         parts["keep"] = (z_a - z).pow(2).sum(dim=1).mean() / latent

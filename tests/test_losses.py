@@ -179,7 +179,7 @@ def test_bounded_anchor_loss_by_hand():
     z = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]])
     z_a = torch.tensor([[0.0, 1.0, 2.0, 5.0], [0.0, 1.0, 1.0, 1.0]])  # squared distances 4 and 1
     parts = losses.anchor_loss(T, Y, mask, lambda_ce=lambda_ce, alpha=alpha, objective="bounded", margin=margin,
-                               z=z, z_a=z_a, lambda_z=lambda_z)
+                               z=z, z_a=z_a, lambda_z=lambda_z, certainty="all")
     energies = [-math.log(sum(math.exp(v) for v in row)) for row in T.tolist()]
     hinge = [max(0.0, e - margin) ** 2 for e in energies]
     ces = [ce(T[0].tolist(), 0), ce(T[1].tolist(), 2)]
@@ -190,6 +190,9 @@ def test_bounded_anchor_loss_by_hand():
     assert parts["keep"].item() == pytest.approx(sum(keep) / 2, rel=1e-6)
     expected = sum(h + lambda_ce * c + m + lambda_z * k for h, c, m, k in zip(hinge, ces, mask_terms, keep)) / 2
     assert parts["loss"].item() == pytest.approx(expected, rel=1e-6)
+    # certainty="label": the hinge bounds the label's own energy -f_y (T rows 2,0,-1 / 0.5,1.5,0; labels 0, 2)
+    label = losses.anchor_loss(T, Y, mask, objective="bounded", margin=margin, certainty="label")
+    assert label["energy_hinge"].item() == pytest.approx((max(0.0, -2.0 + 3.0) ** 2 + max(0.0, 0.0 + 3.0) ** 2) / 2)
     with pytest.raises(ValueError, match="margin"):
         losses.anchor_loss(T, Y, mask, objective="bounded")
     with pytest.raises(ValueError, match="objective"):
@@ -203,7 +206,8 @@ def test_bounded_anchor_loss_does_not_reward_a_confident_wrong_class():
     right = torch.tensor([[6.0, 0.0, 0.0]])
     wrong = torch.tensor([[0.0, 30.0, 0.0]])
     paper = {k: losses.anchor_loss(v, label, mask, lambda_ce=0.1)["loss"].item() for k, v in (("r", right), ("w", wrong))}
-    bounded = {k: losses.anchor_loss(v, label, mask, objective="bounded", margin=-5.0)["loss"].item()
-               for k, v in (("r", right), ("w", wrong))}
     assert paper["w"] < paper["r"]
-    assert bounded["r"] < bounded["w"]
+    for certainty in ("label", "all"):
+        bounded = {k: losses.anchor_loss(v, label, mask, objective="bounded", margin=-5.0,
+                                         certainty=certainty)["loss"].item() for k, v in (("r", right), ("w", wrong))}
+        assert bounded["r"] < bounded["w"]

@@ -43,6 +43,8 @@ HELP = {
     "data_free.encoder_kl_weight": "Weight of the encoder's KL(N(mu, sigma^2) || N(0, I)) term.",
     "data_free.encoder_recon_weight": "Weight of the encoder's image-space error ||G(E(x, y)) - x||^2 "
                                       "(0 = the paper's latent error only).",
+    "data_free.encoder_teacher_weight": "Weight of the teacher's KL(T(x) || T(G(E(x, y)))) in the encoder loss "
+                                        "(0 = the paper's latent error only).",
     "data_free.val_samples": "Fixed validation noise samples used to select the Module 1 checkpoint.",
     "anchor.epochs": "Module 2 epochs.",
     "anchor.lr": "AnchorNet learning rate (Adam).",
@@ -53,6 +55,8 @@ HELP = {
     "anchor.lambda_ce": "Weight lambda_ce of CE(T(x_a), y) in the anchor loss (paper 0.1).",
     "anchor.energy_margin": "bounded: energy level at which certainty stops being rewarded; "
                             "default: the teacher's mean energy on its own domain.",
+    "anchor.certainty": "bounded: whose energy the hinge bounds: label (-f_y, certainty in the label) or all "
+                        "(-tau logsumexp, certainty in any class).",
     "anchor.lambda_z": "bounded: weight of ||z_a - z||^2 / L, keeping anchors near their sample's latent.",
     "anchor.alpha": "Invariant ratio alpha: the mask targets L * (1 - alpha) rewritten dimensions.",
     "anchor.hidden": "Hidden width of the AnchorNet mapping psi.",

@@ -102,7 +102,7 @@ class AnchorStage:
         cfg = self.cfg
         parts = anchor_loss(teacher_logits, y, m, tau=cfg.tau, lambda_ce=cfg.lambda_ce, alpha=cfg.alpha,
                             objective=cfg.objective, margin=self.margin, z=z.float(), z_a=z_a.float(),
-                            lambda_z=cfg.lambda_z)
+                            lambda_z=cfg.lambda_z, certainty=cfg.certainty)
         parts["mask_mean"] = m.detach().mean()
         return parts, teacher_logits
 

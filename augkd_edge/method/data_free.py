@@ -149,10 +149,11 @@ class DataFreeStage:
         """(L_S, L_E) on images G(z) made without gradient.
 
         With ``encoder_recon_weight`` > 0, L_E also holds the image-space error
-        ||G(mu) - x||^2 (per-pixel mean) through the frozen-for-this-step G: the
-        latent error alone leaves E far from inverting G in a short run, and
-        what Modules 2 and 3 need is that G(E(x, y)) looks like x
-        (docs/method.md, "Module 1").
+        ||G(mu) - x||^2 (per-pixel mean) through the frozen-for-this-step G, and
+        with ``encoder_teacher_weight`` > 0 the teacher's KL(T(x) || T(G(mu))):
+        the latent error alone leaves E far from inverting G in a short run, and
+        what Modules 2 and 3 need is that G(E(x, y)) looks like x to the eye and
+        to the teacher (docs/method.md, "Module 1"). Neither term moves G or T.
         """
         cfg = self.cfg
         with self.precision.autocast():
@@ -163,15 +164,19 @@ class DataFreeStage:
             labels = teacher_logits.argmax(dim=1)
             student_logits = self.train_student(self._norm(x)).float()
             z_hat, mu, logvar = self.train_encoder(x, labels)
-            recon = None
-            if cfg.encoder_recon_weight > 0:
+            extra = torch.zeros((), device=x.device)
+            if cfg.encoder_recon_weight > 0 or cfg.encoder_teacher_weight > 0:
                 with no_param_grads(self.generator):
-                    recon = (self.generator(mu).float() - x).pow(2).mean()
+                    x_rec = self.generator(mu).float()
+                if cfg.encoder_recon_weight > 0:
+                    extra = extra + cfg.encoder_recon_weight * (x_rec - x).pow(2).mean()
+                if cfg.encoder_teacher_weight > 0:
+                    # the teacher reads the reconstruction as it reads the image (its own logits as target)
+                    rec_logits = self.fast_teacher(self._norm(x_rec)).float()
+                    extra = extra + cfg.encoder_teacher_weight * student_kl(rec_logits, teacher_logits)
             self.generator.train()
         loss_s = student_kl(student_logits, teacher_logits)
-        loss_e = encoder_loss(z_hat.float(), z, mu.float(), logvar.float(), cfg.encoder_kl_weight)
-        if recon is not None:
-            loss_e = loss_e + cfg.encoder_recon_weight * recon
+        loss_e = encoder_loss(z_hat.float(), z, mu.float(), logvar.float(), cfg.encoder_kl_weight) + extra
         return loss_s, loss_e
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, float]) -> dict[str, torch.Tensor]:
