@@ -112,10 +112,11 @@ class AnchorConfig:
     measurements behind each default are in docs/method.md ("Module 2").
     """
 
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 64
-    # "bounded": squared hinge on the energy at a margin + label CE + mask + latent keep term;
+    # quick: 30 epochs of ~4 batches (~120 steps); 10 x 2 steps at lr 1e-3 left the AnchorNet untrained.
+    epochs: int = 30
+    lr: float = 1e-2
+    batch_size: int = 32
+    # "bounded": squared hinge on the label's energy at a margin + label CE + mask + latent keep term;
     # "paper": Energy + lambda_ce * CE + mask (the published loss).
     objective: str = "bounded"
     # Energy temperature: Energy_tau(f) = -tau * logsumexp(f / tau).
@@ -128,9 +129,10 @@ class AnchorConfig:
     # bounded: certainty measured as the label's energy -f_y ("label") or Energy_tau over all classes ("all").
     certainty: str = "label"
     # bounded: weight of ||z_a - z||^2 / L, which keeps the anchor near the sample's latent.
-    lambda_z: float = 0.1
-    # Invariant ratio: fraction of latent dimensions kept; the mask targets L * (1 - alpha).
-    alpha: float = 0.25
+    lambda_z: float = 10.0
+    # Invariant ratio: fraction of latent dimensions kept; the mask targets L * (1 - alpha) rewritten
+    # (paper 0.25).
+    alpha: float = 0.75
     # Hidden width of the mapping psi.
     hidden: int = 256
     # psi also sees the label (a per-class bias on its hidden layer); false = the paper's psi(m * z).
@@ -203,7 +205,7 @@ class DistillConfig:
             cfg.data_free = DataFreeConfig(
                 epochs=200, iters_per_epoch=200, batch_size=2048, val_samples=2048, lr_e=1e-4, bn_weight=1.0
             )
-            cfg.anchor = AnchorConfig(epochs=200, batch_size=2048)
+            cfg.anchor = AnchorConfig(epochs=200, batch_size=2048, lr=1e-3)
             cfg.mixup = MixupConfig(epochs=200, batch_size=2048)
         cfg.validate()
         return cfg

@@ -83,7 +83,7 @@ def train_anchor(world, objective: str, ckpt) -> tuple[AnchorNet, dict]:
     torch.manual_seed(0)
     cfg = dataclasses.replace(AnchorConfig(), objective=objective, epochs=30, batch_size=16, hidden=32, lr=1e-2)
     if objective == "paper":
-        cfg.lambda_ce, cfg.conditional_psi = 0.1, False
+        cfg.lambda_ce, cfg.conditional_psi, cfg.alpha = 0.1, False, 0.25  # the published settings
     anchor = AnchorNet(L, K, cfg.alpha, cfg.hidden, cfg.conditional_psi)
     (tx, ty), (ex, ey) = world["train"], world["eval"]
     with torch.no_grad():

@@ -19,8 +19,9 @@ def test_quick_is_the_default_and_paper_has_the_reference_hyperparameters():
     df, an, mx = paper.data_free, paper.anchor, paper.mixup
     assert (df.latent_dim, df.batch_size, df.epochs, df.iters_per_epoch, df.k) == (100, 2048, 200, 200, 5)
     assert (df.lr_g, df.lr_e, df.alpha_g, df.bn_weight, df.encoder_kl_weight) == (1e-3, 1e-4, 20.0, 1.0, 2.5e-4)
-    # the paper preset keeps our anchor objective (its own collapses: docs/method.md) at the paper's scale
-    assert (an.epochs, an.lr, an.tau, an.alpha, an.objective) == (200, 1e-3, 1.0, 0.25, "bounded")
+    # the paper preset keeps our anchor objective and its settings (the paper's collapses: docs/method.md)
+    # at the paper's scale
+    assert (an.epochs, an.batch_size, an.lr, an.tau, an.objective) == (200, 2048, 1e-3, 1.0, "bounded")
     assert (mx.epochs, mx.lr, mx.weight_decay, mx.a, mx.b, mx.u, mx.tau) == (200, 1e-3, 1e-4, 0.6, 0.2, 0.5, 10.0)
     assert set(METHODS) == {"augkd", "no-kd", "kd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup"}
 
