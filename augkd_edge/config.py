@@ -71,34 +71,33 @@ class DataFreeConfig:
     latent_dim: int = 100
     # Width of the generator / encoder (DCGAN's ngf); G's cost grows with its square.
     gen_width: int = 64
-    # quick: 3 x 30 iterations of batch 32 (~4 s per iteration on the shared 2-core CPU,
-    # 1 thread); paper: 200 x 200 of batch 2048.
+    # quick: 3 x 60 iterations of batch 32 with k = 2 (docs/method.md, "Module 1"); paper: 200 x 200 of
+    # batch 2048 with k = 5.
     epochs: int = 3
-    iters_per_epoch: int = 30
+    iters_per_epoch: int = 60
     batch_size: int = 32
-    lr_g: float = 1e-3
-    # paper 1e-4. In the quick run's 225 encoder steps 1e-4 left ||E(G(z)) - z||^2 at
-    # ~97 (what predicting 0 gives, E[||z||^2] = L = 100); 1e-3 brought it to ~79.
+    # quick 3e-3 (paper 1e-3): 180 generator steps are few.
+    lr_g: float = 3e-3
+    # paper 1e-4; quick 1e-3 (docs/method.md, "Module 1").
     lr_e: float = 1e-3
     lr_s: float = 1e-3
-    k: int = 5
+    k: int = 2
     # Weight of sum_c pbar_c log10 pbar_c (class balance); reference 20.
     alpha_g: float = 20.0
     # Weight of the -KL(T||S) adversarial term.
     adv_weight: float = 1.0
     # Weight of CE(T(x), argmax T(x)).
     ce_weight: float = 1.0
-    # Weight of the BatchNorm statistics loss (DeepInversion-style); paper 1 (METHOD.md's
-    # unweighted sum). With an MNIST ResNet teacher L_BN is ~500-1300 while the other
-    # terms are ~1-15, so at weight 1 they barely steer G; quick uses 0.05.
-    bn_weight: float = 0.05
+    # Weight of the BatchNorm statistics loss (DeepInversion-style); paper 1 (an unweighted sum).
+    # quick 0.5: docs/method.md, "Module 1".
+    bn_weight: float = 0.5
     # Weight of the encoder's KL(N(mu, sigma^2) || N(0, I)) term.
     encoder_kl_weight: float = 2.5e-4
     # Weight of the encoder's image-space error ||G(E(x, y)) - x||^2 (per-pixel mean); 0 = the paper's
     # latent error alone. docs/method.md, "Module 1".
-    encoder_recon_weight: float = 0.0
+    encoder_recon_weight: float = 100.0
     # Weight of the teacher's KL(T(x) || T(G(E(x, y)))): the reconstruction must read as the image did.
-    encoder_teacher_weight: float = 0.0
+    encoder_teacher_weight: float = 1.0
     # Size of the fixed validation noise set used for checkpoint selection.
     val_samples: int = 256
 
@@ -137,6 +136,12 @@ class AnchorConfig:
     hidden: int = 256
     # psi also sees the label (a per-class bias on its hidden layer); false = the paper's psi(m * z).
     conditional_psi: bool = True
+    # Adapt E to the student domain during Module 2 (reconstruction + teacher CE on G(E(x, y)));
+    # false = E frozen after Module 1 (the paper).
+    adapt_encoder: bool = True
+    encoder_lr: float = 1e-3
+    # Weight of the per-pixel ||G(E(x, y)) - x||^2 in the encoder adaptation.
+    encoder_recon_weight: float = 100.0
 
 
 @dataclasses.dataclass
@@ -203,7 +208,8 @@ class DistillConfig:
         if name == "paper":
             cfg.teacher = TeacherConfig(epochs=200, batch_size=256, max_images=None)
             cfg.data_free = DataFreeConfig(
-                epochs=200, iters_per_epoch=200, batch_size=2048, val_samples=2048, lr_e=1e-4, bn_weight=1.0
+                epochs=200, iters_per_epoch=200, batch_size=2048, val_samples=2048, lr_g=1e-3, lr_e=1e-4, k=5,
+                bn_weight=1.0
             )
             cfg.anchor = AnchorConfig(epochs=200, batch_size=2048, lr=1e-3)
             cfg.mixup = MixupConfig(epochs=200, batch_size=2048)
@@ -299,7 +305,7 @@ class DistillConfig:
         for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",
                                              "encoder_kl_weight", "encoder_recon_weight",
                                              "encoder_teacher_weight")),
-                              ("anchor", ("lambda_ce", "lambda_z")), ("mixup", ("weight_decay",))):
+                              ("anchor", ("lambda_ce", "lambda_z", "encoder_lr", "encoder_recon_weight")), ("mixup", ("weight_decay",))):
             for key in keys:
                 value = getattr(getattr(self, section), key)
                 need(value >= 0, f"{section}.{key}", value, "use a value >= 0")

@@ -226,6 +226,24 @@ def anchor_loss(
     return parts
 
 
+def encoder_adaptation_loss(
+    reconstruction: torch.Tensor,
+    images: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    recon_weight: float = 100.0,
+) -> dict[str, torch.Tensor]:
+    """Module 2's encoder adaptation: recon_weight * ||G(E(x, y)) - x||^2 (per-pixel mean) + CE(T(G(E(x, y))), y).
+
+    ``teacher_logits`` are T's on the reconstruction. E learned to invert G on
+    generated images only; on student-domain images it must also put x where
+    G draws something like x that the teacher reads as y (docs/method.md).
+    """
+    parts = {"recon": (reconstruction - images).pow(2).mean(), "ce": F.cross_entropy(teacher_logits, labels)}
+    parts["loss"] = recon_weight * parts["recon"] + parts["ce"]
+    return parts
+
+
 # ---------------------------------------------------------------- Module 3 and KD
 def mixup_distill_loss(
     student_logits: torch.Tensor,

@@ -388,6 +388,7 @@ def run_distill(
         teacher_domain_energy(cfg, teacher, generator) if generator is not None else (None, None))
     if cfg.method in ANCHOR_METHODS:
         from augkd_edge.method.anchor import AnchorStage
+        from augkd_edge.method.common import freeze
         from augkd_edge.models.anchornet import AnchorNet
 
         ac = cfg.anchor
@@ -400,6 +401,9 @@ def run_distill(
                          {**base_fp, "data_free": dataclasses.asdict(cfg.data_free), "anchor": dataclasses.asdict(ac),
                           "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class})
         anchor.load_state_dict(best["anchor"])
+        if "encoder" in best:
+            encoder.load_state_dict(best["encoder"])
+        freeze(encoder)
 
     from augkd_edge.health import module_health, problems
 

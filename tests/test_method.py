@@ -172,21 +172,28 @@ def test_data_free_batches_repeat_per_epoch(fresh):
 
 
 # ---------------------------------------------------------------- Module 2
-def test_anchor_stage_trains_only_the_anchor(fresh, data):
+@pytest.mark.parametrize("adapt", [False, True])
+def test_anchor_stage_trains_the_anchor_and_only_with_adaptation_the_encoder(fresh, data, adapt):
     x, y, ex, ey = data
+    c = cfg().anchor
+    c.adapt_encoder = adapt
     stage = AnchorStage(
-        fresh["teacher"], fresh["generator"], fresh["encoder"], fresh["anchor"], x, y, ex, ey, cfg().anchor,
+        fresh["teacher"], fresh["generator"], fresh["encoder"], fresh["anchor"], x, y, ex, ey, c,
         mean=MEAN, std=STD, seed=0, augment=make_augment("digits"), margin=-5.0,
     )
     before = {k: snapshot(fresh[k]) for k in ("teacher", "generator", "encoder", "anchor")}
     out = run_epoch(stage)
     assert {"loss", "energy", "ce", "mask"} <= set(out)
-    for key in ("teacher", "generator", "encoder"):
+    assert ({"enc_recon", "enc_ce"} <= set(out)) == adapt
+    for key in ("teacher", "generator") + (() if adapt else ("encoder",)):
         assert_untouched(fresh[key], before[key])
-    after = fresh["anchor"].state_dict()
-    assert any(not torch.equal(v, after[k]) for k, v in before["anchor"].items())
+    for key in ("anchor",) + (("encoder",) if adapt else ()):
+        after = fresh[key].state_dict()
+        assert any(not torch.equal(v, after[k]) for k, v in before[key].items()), key
+    assert not fresh["encoder"].training  # adapted in eval mode: mu, fixed BN statistics
     metrics = stage.evaluate()
     assert metrics["select"] == metrics["eval_loss"] and 0.0 <= metrics["eval_anchor_teacher_top1"] <= 1.0
+    assert "enc_ce" not in str(metrics)  # the selection metric is L_A alone
 
 
 def test_anchornet_formula_and_initial_mask():

@@ -62,6 +62,10 @@ HELP = {
     "anchor.hidden": "Hidden width of the AnchorNet mapping psi.",
     "anchor.conditional_psi": "psi also sees the label (per-class bias); --anchor-no-conditional-psi = the paper's "
                               "psi(m * z).",
+    "anchor.adapt_encoder": "Adapt the encoder to the student domain in Module 2 (G(E(x, y)) like x, read as y "
+                            "by the teacher); --anchor-no-adapt-encoder keeps it frozen (paper).",
+    "anchor.encoder_lr": "Encoder learning rate of the Module 2 adaptation (Adam).",
+    "anchor.encoder_recon_weight": "Weight of the per-pixel reconstruction error in the encoder adaptation.",
     "mixup.epochs": "Module 3 epochs (also the baselines' student-domain epochs).",
     "mixup.lr": "Student learning rate (Adam) in Module 3 and the baselines.",
     "mixup.weight_decay": "Student weight decay.",

@@ -13,8 +13,11 @@ the teacher is certain about the generated image (METHOD.md)::
 per sample, averaged (``losses.anchor_loss``; ``objective="paper"`` gives the
 published Energy + lambda_ce * CE + mask, which collapses: docs/method.md).
 ``margin`` is the teacher's mean energy on its own domain, measured once per
-run by the pipeline. Only A is trained; gradients pass through the frozen G
-and T to A without touching their parameters. Selection: L_A on the eval split.
+run by the pipeline. A is trained, and (``adapt_encoder``, default) E adapts to
+the student domain with its own loss, so that G(E(x, y)) looks like x and the
+teacher reads it as y (``losses.encoder_adaptation_loss``; E was trained on
+generated images only). Gradients pass through the frozen G and T without
+touching their parameters. Selection: L_A on the eval split.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import nn
 from augkd_edge.config import AnchorConfig
 from augkd_edge.data import normalize
 from augkd_edge.distributed import current
-from augkd_edge.losses import anchor_loss
+from augkd_edge.losses import anchor_loss, encoder_adaptation_loss
 from augkd_edge.method.common import (
     Augment,
     channels_last_on_cpu,
@@ -83,7 +86,14 @@ class AnchorStage:
         channels_last_on_cpu(self.device, generator)
         self.precision = Precision(amp, self.device)
         self.train_anchor = current().wrap(anchor)  # DDP under torchrun
-        self.optimizer = torch.optim.Adam(anchor.parameters(), lr=cfg.lr)
+        groups = [{"params": list(anchor.parameters()), "lr": cfg.lr}]
+        self.train_encoder: nn.Module | None = None
+        if cfg.adapt_encoder:
+            # E keeps eval mode (mu, frozen BN statistics); only its weights adapt to the student domain
+            encoder.requires_grad_(True)
+            self.train_encoder = current().wrap(encoder)
+            groups.append({"params": list(encoder.parameters()), "lr": cfg.encoder_lr})
+        self.optimizer = torch.optim.Adam(groups)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(cfg.epochs, 1))
 
     def losses(
@@ -93,17 +103,26 @@ class AnchorStage:
 
         ``anchor``: the network to run (the DDP wrapper when training; default the bare AnchorNet).
         """
+        cfg = self.cfg
+        adapt = self.train_encoder is not None and anchor is not None  # training step with encoder adaptation
         with self.precision.autocast():
-            with torch.no_grad():
-                _, z, _ = self.encoder(x, y)  # mu: E is frozen in eval mode
+            with torch.set_grad_enabled(adapt):
+                _, z, _ = (self.train_encoder if adapt else self.encoder)(x, y)  # mu: E is in eval mode
+            if adapt:
+                x_rec = self.generator(z).float()
+                rec_logits = self.teacher(normalize(x_rec, self.mean, self.std)).float()
+                z = z.detach()  # the anchor loss must not bend E towards easy anchors
             z_a, m = (anchor or self.anchor)(z, y)
             teacher_logits = self.teacher(normalize(self.generator(z_a), self.mean, self.std)).float()
         m = m.float()
-        cfg = self.cfg
         parts = anchor_loss(teacher_logits, y, m, tau=cfg.tau, lambda_ce=cfg.lambda_ce, alpha=cfg.alpha,
                             objective=cfg.objective, margin=self.margin, z=z.float(), z_a=z_a.float(),
                             lambda_z=cfg.lambda_z, certainty=cfg.certainty)
         parts["mask_mean"] = m.detach().mean()
+        if adapt:
+            enc = encoder_adaptation_loss(x_rec, x, rec_logits, y, cfg.encoder_recon_weight)
+            parts |= {f"enc_{k}": v for k, v in enc.items() if k != "loss"}
+            parts["loss"] = parts["loss"] + enc["loss"]
         return parts, teacher_logits
 
     # ---- Stage protocol -----------------------------------------------------
@@ -126,7 +145,7 @@ class AnchorStage:
 
     def end_epoch(self, epoch: int) -> None:
         self.scheduler.step()
-        current().sync_buffers(self.anchor)
+        current().sync_buffers(self.anchor, self.encoder)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -155,6 +174,7 @@ class AnchorStage:
     def state_dict(self) -> dict[str, Any]:
         return {
             "anchor": self.anchor.state_dict(),
+            "encoder": self.encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.state_dict(),
@@ -162,9 +182,11 @@ class AnchorStage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.load_state_dict(state["anchor"])
+        if "encoder" in state:
+            self.encoder.load_state_dict(state["encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.load_state_dict(state.get("scaler", {}))
 
     def best_state(self) -> dict[str, Any]:
-        return {"anchor": self.anchor.state_dict()}
+        return {"anchor": self.anchor.state_dict(), "encoder": self.encoder.state_dict()}
