@@ -6,6 +6,8 @@ images and KD carry it. So the run measures, on the eval split, what the
 pictures of the report show, and says in words when a module failed
 (docs/method.md, "Health checks"):
 
+- generator: the teacher's mean energy on G's own samples, next to its energy
+  on the raw student images (a generator that draws blobs leaves it unsure);
 - reconstruction: teacher top-1 on G(E(x, y)), to compare with its top-1 on x;
 - anchors: teacher top-1 on G(A(E(x, y), y)), the largest share of anchors the
   teacher puts in one class, mean energy on the anchors next to the teacher's
@@ -55,14 +57,18 @@ def module_health(
     std: Sequence[float],
     teacher_domain_energy: float | None,
     batch_size: int = 256,
+    generator_samples: int = 256,
 ) -> dict[str, Any]:
-    """``{"reconstruction": {...}, "anchor": {...}}`` on labelled student images (the eval split).
+    """``{"generator": {...}, "reconstruction": {...}, "anchor": {...}}`` on labelled student images (the eval split).
 
-    Sections whose modules the method does not train are None.
+    Sections whose modules the method does not train are None. ``generator``
+    compares the teacher's certainty on G's own samples (fixed noise) with its
+    certainty on the raw student images: a generator that draws the teacher's
+    domain should leave the teacher at least as sure as a foreign domain does.
     """
     from augkd_edge.losses import energy
 
-    out: dict[str, Any] = {"reconstruction": None, "anchor": None}
+    out: dict[str, Any] = {"generator": None, "reconstruction": None, "anchor": None}
     if generator is None or encoder is None:
         return out
     device = next(generator.parameters()).device
@@ -84,6 +90,13 @@ def module_health(
                             for i in range(0, len(x), batch_size)])
         return logits.argmax(dim=1), energy(logits)
 
+    z = torch.randn(generator_samples, generator.latent_dim, generator=torch.Generator().manual_seed(0))
+    samples = torch.cat([generator(z[i:i + batch_size].to(device)).float().cpu()
+                         for i in range(0, len(z), batch_size)])
+    _, gen_energy = teacher_view(samples)
+    _, raw_energy = teacher_view(images.float())
+    out["generator"] = {"teacher_energy_mean": float(gen_energy.mean()),
+                        "student_raw_energy_mean": float(raw_energy.mean())}
     pred, _ = teacher_view(torch.cat(recon))
     out["reconstruction"] = {"teacher_top1": float((pred == labels).float().mean())}
     if anchor is not None:
@@ -106,7 +119,15 @@ def problems(health: dict[str, Any], teacher_raw_top1: float, objective: str = "
     ``objective``: the anchor loss the run used, so the advice does not repeat it.
     """
     found = []
-    rec, anc = health.get("reconstruction"), health.get("anchor")
+    gen, rec, anc = health.get("generator"), health.get("reconstruction"), health.get("anchor")
+    if gen is not None and gen["teacher_energy_mean"] > gen["student_raw_energy_mean"]:
+        found.append(
+            f"Module 1: the teacher is less sure about the generator's own samples (mean energy "
+            f"{gen['teacher_energy_mean']:.2f}) than about the raw student images ({gen['student_raw_energy_mean']:.2f}): "
+            "the generator grid shows shapes, not the teacher's domain. Anchors and reconstructions can still be fine "
+            "(they start from real images); for a better generator try more Module 1 iterations (--df-epochs, "
+            "--df-iters-per-epoch) or a larger --df-bn-weight."
+        )
     if rec is not None and rec["teacher_top1"] < teacher_raw_top1:
         found.append(
             f"Module 1: the teacher recognises the reconstructions G(E(x, y)) less often "

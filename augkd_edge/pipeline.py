@@ -24,12 +24,14 @@ results.json, schema 2 (2 added ``anchor``, ``reconstruction``)::
      "anchor": {"teacher_top1", "max_class_share", "energy_mean", "teacher_domain_energy_mean",
                 "same_class_distance", "source_same_class_distance"} | null,
      "reconstruction": {"teacher_top1"} | null,
+     "generator": {"teacher_energy_mean", "student_raw_energy_mean"} | null,
      "teacher_domain_energy_source": "teacher-domain eval split" | "Module 1 generator samples" | null,
      "health_problems": [str],
      "device", "processes" (torchrun world size), "augkd_edge_version"}
 
-``anchor`` and ``reconstruction`` are measured on the student-domain eval
-split (``augkd_edge.health``); null for methods without Module 2 / Module 1.
+``anchor``, ``reconstruction`` and ``generator`` are measured on the
+student-domain eval split (``augkd_edge.health``); null for methods without
+Module 2 / Module 1.
 """
 
 from __future__ import annotations
@@ -442,6 +444,7 @@ def run_distill(
         "test": acc["test"],
         "teacher": {"own_eval": teacher_own, "student_eval": teacher_student["eval"],
                     "student_test": teacher_student["test"]},
+        "generator": health["generator"],
         "anchor": health["anchor"],
         "reconstruction": health["reconstruction"],
         "teacher_domain_energy_source": reference_source,

@@ -134,7 +134,7 @@ def accuracy_table(rows: list[tuple[str, dict[str, float] | None]]) -> list[str]
 
 def health_markdown(results: dict[str, Any]) -> list[str]:
     """The Module 1 / Module 2 health numbers and, in words, what failed and what to try."""
-    rec, anc = results.get("reconstruction"), results.get("anchor")
+    gen, rec, anc = results.get("generator"), results.get("reconstruction"), results.get("anchor")
     if rec is None and anc is None:
         return []
     raw = results["teacher"]["student_eval"]["top1"]
@@ -145,6 +145,9 @@ def health_markdown(results: dict[str, Any]) -> list[str]:
         "|---|---:|---|",
         f"| teacher top-1 on the raw images | {raw:.2f} | (reference) |",
     ]
+    if gen is not None:
+        lines.append(f"| teacher energy on the generator's samples G(z) | {gen['teacher_energy_mean']:.2f} | <= on the raw "
+                     f"images ({gen['student_raw_energy_mean']:.2f}) |")
     if rec is not None:
         lines.append(f"| teacher top-1 on reconstructions G(E(x, y)) | {rec['teacher_top1']:.2f} | >= the raw images' |")
     if anc is not None:

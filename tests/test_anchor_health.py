@@ -151,3 +151,8 @@ def test_problems_name_collapse_and_failed_reconstructions():
     assert any("COLLAPSED" in p for p in problems(one_class, 0.8))
     uncertain = {"reconstruction": None, "anchor": {**healthy["anchor"], "energy_mean": -5.0}}
     assert any("less certain" in p for p in problems(uncertain, 0.8))
+    blobs = {"generator": {"teacher_energy_mean": -5.8, "student_raw_energy_mean": -8.9}, "reconstruction": None,
+             "anchor": None}
+    assert any("generator's own samples" in p for p in problems(blobs, 0.8))
+    sharp = {**blobs, "generator": {"teacher_energy_mean": -12.0, "student_raw_energy_mean": -8.9}}
+    assert problems(sharp, 0.8) == []

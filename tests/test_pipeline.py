@@ -54,13 +54,40 @@ def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: P
     report = (out / "report.md").read_text()
     assert "What the teacher knows about the student domain" in report
     if method == "augkd":
-        for name in ("generator", "anchors", "mixup", "curves"):
+        for name in ("generator", "anchors", "mixup", "curves", "student_samples"):
             assert (out / "images" / f"{name}.png").stat().st_size > 1000
+    _check_health_fields(method, results, out, res.output, report)
     from augkd_edge.rundir import load_student, split_arrays
 
     model, meta = load_student(out)
     images, labels = split_arrays(meta, "test")
     assert images.shape == (1747, 3, 32, 32) and meta.extra["method"] == method
+
+
+def _check_health_fields(method: str, results: dict, out: Path, output: str, report: str) -> None:
+    """Schema 2's health sections: present where the method has the module, consistent with metrics.jsonl."""
+    data_free = method in ("augkd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup")
+    anchored = method in ("augkd", "no-mixup")
+    assert (results["reconstruction"] is not None) == data_free and (results["generator"] is not None) == data_free
+    assert (results["anchor"] is not None) == anchored
+    assert isinstance(results["health_problems"], list)
+    if data_free:
+        assert 0.0 <= results["reconstruction"]["teacher_top1"] <= 1.0
+        assert "Module health" in output and "Are Modules 1 and 2 doing their job?" in report
+        assert results["teacher_domain_energy_source"] == "teacher-domain eval split"
+    if anchored:
+        anchor = results["anchor"]
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        epochs = [r for r in lines if r["stage"] == "anchor"]
+        best = min(epochs, key=lambda r: r["select"])  # the engine keeps the best-selected epoch
+        n_eval = results["split_sizes"]["eval"]
+        # the same anchors, evaluated by the stage (folded teacher) and by the health check: at most one flip
+        assert abs(best["eval_anchor_teacher_top1"] - anchor["teacher_top1"]) <= 1.0 / n_eval + 1e-9
+        assert abs(best["eval_anchor_max_class_share"] - anchor["max_class_share"]) <= 1.0 / n_eval + 1e-9
+        assert anchor["energy_mean"] == pytest.approx(best["eval_energy"], abs=0.05)
+        assert anchor["teacher_domain_energy_mean"] < 0 and "anchors: teacher top-1" in output
+    for problem in results["health_problems"]:
+        assert problem in report and problem.split(":")[0] in output
 
 
 def test_resume_refuses_changed_config_and_existing_run(tmp_path: Path, cache_dir: Path) -> None:

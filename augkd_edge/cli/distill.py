@@ -233,11 +233,14 @@ def _print_table(results: dict[str, Any]) -> None:
     click.echo(f"{'':{width}}  top-1   top-3   top-5")
     for name, acc in rows:
         click.echo(f"{name:{width}}  {acc['top1']:.4f}  {acc['top3']:.4f}  {acc['top5']:.4f}")
-    rec, anc = results.get("reconstruction"), results.get("anchor")
+    gen, rec, anc = results.get("generator"), results.get("reconstruction"), results.get("anchor")
     if rec is not None or anc is not None:
         click.echo("\nModule health (eval split):")
         click.echo(f"  teacher top-1 on raw images {t['student_eval']['top1']:.2f}"
                    + (f", on reconstructions G(E(x, y)) {rec['teacher_top1']:.2f}" if rec is not None else ""))
+    if gen is not None:
+        click.echo(f"  teacher energy on generator samples {gen['teacher_energy_mean']:.2f} "
+                   f"(raw student images {gen['student_raw_energy_mean']:.2f}; lower = surer)")
     if anc is not None:
         ref = anc["teacher_domain_energy_mean"]
         click.echo(f"  anchors: teacher top-1 {anc['teacher_top1']:.2f}, largest class share "
