@@ -30,6 +30,8 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 class LinearGenerator(nn.Module):
+    latent_dim = L
+
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Linear(L, 3 * SIDE * SIDE)
