@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print(f"[{name}] seed {seed} {method}", flush=True)
                     cfg.out = str(out)
-                    res = run_distill(cfg, out, resume=True, cache_dir=Path(args.cache_dir),
+                    # resume an interrupted run; a folder without one starts fresh (resume of nothing is refused)
+                    res = run_distill(cfg, out, resume=(out / "config.json").exists(), cache_dir=Path(args.cache_dir),
                                       shared_dir=shared, progress=sys.stderr.isatty())
                 per_method[method].append({
                     "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},

@@ -56,3 +56,54 @@ def test_eval_selection_uses_eval_not_test() -> None:
     assert acc._shared_key({"shots": 10, "mixup": {"u": 0.5}}, "quick") == acc._shared_key(
         {"shots": 10, "mixup": {"u": 0.8}}, "quick")
     assert acc._shared_key({"shots": 10}, "quick") != acc._shared_key({"shots": 5}, "quick")
+
+
+def test_runs_end_to_end_on_tiny_settings_then_skips_finished_runs(tmp_path: Path) -> None:
+    """The real pipeline under the benchmark: two methods sharing Module 1, health rows, verdict, a rerun that skips."""
+    sets = ["teacher_arch=\"resnet18\"", "teacher.epochs=1", "teacher.max_images=300", "data_free.epochs=1",
+            "data_free.iters_per_epoch=2", "data_free.batch_size=8", "data_free.val_samples=16", "data_free.k=2",
+            "anchor.epochs=1", "mixup.epochs=2", "shots=3", "eval_per_class=2"]
+    argv = ["--methods", "augkd,no-anchor", "--seeds", "0", "--work", str(tmp_path / "work"),
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    for pair in sets:
+        argv += ["--set", pair]
+    assert acc.main(argv) == 0
+    result = __import__("json").loads((tmp_path / "out" / "accuracy.json").read_text())
+    methods = result["settings"][0]["methods"]
+    row = methods["augkd"]["per_seed"][0]
+    assert {"anchor_teacher_top1", "anchor_max_class_share", "recon_teacher_top1"} <= set(row)
+    assert "anchor_teacher_top1" not in methods["no-anchor"]["per_seed"][0]
+    md = (tmp_path / "out" / "accuracy.md").read_text()
+    assert "AuG-KD - no-anchor" in md and "health per seed" in md
+    stamp = (tmp_path / "work" / "mnist-optdigits" / "seed0" / "augkd" / "results.json").stat().st_mtime_ns
+    assert acc.main(argv) == 0  # finished runs are read back, not redone
+    assert (tmp_path / "work" / "mnist-optdigits" / "seed0" / "augkd" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_verdict_checks_the_targets_on_means() -> None:
+    m = {k: {"top1_mean": v} for k, v in {"augkd": 0.93, "no-anchor": 0.90, "no-kd": 0.91, "kd": 0.92}.items()}
+    lines = acc.verdict(m)
+    assert lines[0].startswith("- AuG-KD - no-anchor: +3.00 points") and lines[0].endswith("PASS")
+    assert "(kd): +1.00 points" in lines[1] and lines[1].endswith("PASS")
+    assert lines[2].endswith("PASS")
+    m["no-anchor"]["top1_mean"] = 0.92  # +1 point: under the 2-point target
+    m["no-kd"]["top1_mean"] = 0.95  # the student alone is better
+    lines = acc.verdict(m)
+    assert lines[0].endswith("MISS") and lines[1].endswith("MISS") and lines[2].endswith("MISS")
+    assert acc.verdict({"kd": {"top1_mean": 0.5}}) == []
+
+
+def test_merge_joins_settings_of_parallel_runs(tmp_path: Path) -> None:
+    import json
+
+    def part(name: str, top1: float) -> dict:
+        rows = [{"seed": 0, "top1": top1, "top3": 1.0, "top5": 1.0, "eval_top1": top1, "wall_s": 1.0}]
+        return {"schema": 1, "command": f"python accuracy.py --settings {name}", "preset": "quick", "machine": "x",
+                "wall_s": 10.0, "settings": [{"name": name, "config": {}, "methods": acc.summarise({"augkd": rows}),
+                                              "teacher": {"top1_on_student_test": 0.5, "own_eval_top1": 0.9}}]}
+    for name, top1 in (("a", 0.8), ("b", 0.9)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part(name, top1)))
+    assert acc.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "accuracy.json").read_text())
+    assert [s["name"] for s in merged["settings"]] == ["a", "b"] and merged["wall_s"] == 20.0
+    assert " && " in merged["command"] and merged["eval_selected"]["augkd"]["setting"] == "b"
