@@ -26,6 +26,9 @@ def test_throughput_report_schema_and_arithmetic(tmp_path: Path) -> None:
         assert row["s_per_step_min"] <= row["s_per_step_median"]
         assert row["gflop_per_step"] > 0
         assert abs(sum(row["time_shares"].values()) - 1.0) < 1e-6, stage
-    assert report["stages"]["data_free"]["images_per_step"] == 8 * 6  # 1 generator + k = 5 student steps
+    from augkd_edge.config import DataFreeConfig
+
+    # 1 generator step + k student/encoder steps, each of the batch
+    assert report["stages"]["data_free"]["images_per_step"] == 8 * (1 + DataFreeConfig().k)
     md = (tmp_path / "throughput-t.md").read_text()
     assert "| data_free |" in md and "ratio" in md and "Share of one step's CPU time" in md
