@@ -9,6 +9,12 @@ Per batch (x, y) of labelled student-domain images, at stage factor f = f(e)
     batch = [norm(x); norm(x_m)], labels [y; y]   (one fused ``mix_normalize``)
     L = u * CE(S(batch), y) + (1 - u) * tau^2 * KL(softmax(T(batch)/tau) || softmax(S(batch)/tau))
 
+With ``teacher_trust="measured"`` (default) u is per sample: the teacher's
+share 1 - u is scaled by its chance-corrected top-1 on the eval split's raw
+images (for real images) and anchors (blended with f for mixtures), and the
+curriculum starts at b' = 1 - (1 - b) r_anchor (:meth:`MixupStage.ce_share`,
+docs/method.md, "Module 3").
+
 The teacher's logits come from the **teacher** on the very tensor the student
 sees (defect 1 of the reference code took them from the student; defect 2
 normalised raw and mixed images differently). Everything except the student is
@@ -26,10 +32,7 @@ reweight them: the teacher's energy on every (unaugmented) training image is
 computed once; at epoch e the stage trains on the ``f(e)`` fraction with the
 lowest energy (where the teacher is most certain; at least one batch), so the
 curriculum widens together with the mixup schedule and covers all samples from
-epoch a * E on. Measured once (MNIST ResNet-18 teacher -> optdigits 10 shots,
-quick preset, seed 1): test top-1 0.676 with it vs 0.793 without; with 100
-labelled images, leaving 80% of them out of the first epochs costs more than
-the ordering gains, so it is off by default.
+epoch a * E on. Off by default (measured: docs/method.md, "Module 3").
 """
 
 from __future__ import annotations
