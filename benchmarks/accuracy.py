@@ -176,6 +176,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
+        *([result["note"], ""] if result.get("note") else []),
         f"Preset `{result['preset']}`, total wall time {result['wall_s'] / 60:.1f} min on {result['machine']}. "
         "Top-k on the student-domain test split, mean +- sample std over seeds; checkpoints selected on the "
         "eval split only.",
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(Path("~/.cache/augkd-edge").expanduser()))
     parser.add_argument("--out", default="benchmarks/results", help="where accuracy.json/.md go")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--note", default="",
+                        help="a sentence for the report on how the runs were made (e.g. in parallel processes)")
     parser.add_argument("--merge", nargs="+", metavar="ACCURACY_JSON",
                         help="only combine the settings of these accuracy.json files (e.g. from runs made in "
                              "parallel) into --out")
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"schema": 1, "command": command, "preset": args.preset,
                               "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-                              "settings": []}
+                              "note": args.note, "settings": []}
     for name, setting in settings.items():
         overrides = _merge(setting, extra)
         per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
