@@ -185,6 +185,11 @@ class DistillConfig:
     student_arch: str = "mobilenet_v3_small"
     # A trained teacher to use instead of training one; None = train on teacher_data.
     teacher_file: str | None = None
+    # Starting weights: a torchvision weights name of the architecture (DEFAULT, IMAGENET1K_V1, ...; read from
+    # torchvision's cache, never downloaded) or a state_dict file; None = random init. augkd_edge/models/weights.py.
+    student_weights: str | None = None
+    # The same for a teacher trained here (not with teacher_file).
+    teacher_weights: str | None = None
     seed: int = 0
     method: str = "augkd"
     input_size: int = 32
@@ -270,6 +275,11 @@ class DistillConfig:
         )
         for key in ("teacher_data", "student_data", "teacher_arch", "student_arch"):
             need(bool(getattr(self, key)), key, getattr(self, key), "give a non-empty value")
+        for key in ("student_weights", "teacher_weights"):
+            need(getattr(self, key) is None or bool(getattr(self, key).strip()), key, getattr(self, key),
+                 "give a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state_dict file, or null")
+        need(not (self.teacher_weights and self.teacher_file), "teacher_weights", self.teacher_weights,
+             "it starts a teacher trained here; a given teacher_file (--teacher) is used as it is, drop one of them")
         need(0 <= self.seed < 2**32, "seed", self.seed, "use a value from 0 to 2**32 - 1 (numpy's seed range)")
         for section in ("teacher", "data_free", "anchor", "mixup"):
             size = getattr(self, section).batch_size

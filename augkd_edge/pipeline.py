@@ -146,11 +146,22 @@ def check_inputs(cfg: "DistillConfig", student_dom: "Domain", cache_dir: Path) -
         raise UserError(f"student data {cfg.student_data!r} has one class ({student_dom.classes[0]!r}); "
                         f"a classifier needs at least 2 class folders.")
     model_builder(cfg.student_arch)
+    check_weights(cfg.student_arch, cfg.student_weights, len(student_dom.classes), "--student-weights")
     if cfg.teacher_file:
         return load_teacher_file(cfg, student_dom.classes)
     model_builder(cfg.teacher_arch)
+    check_weights(cfg.teacher_arch, cfg.teacher_weights, len(student_dom.classes), "--teacher-weights")
     check_writable_dir(cache_dir, "--cache-dir")
     return None
+
+
+def check_weights(arch: str, spec: str | None, num_classes: int, flag: str) -> None:
+    """Load ``--*-weights`` into a throwaway model, so a missing or unfitting file fails before anything is written."""
+    if spec:
+        from augkd_edge.models.weights import initialise
+        from augkd_edge.models.zoo import build_classifier
+
+        initialise(build_classifier(arch, num_classes), arch, spec, flag)
 
 
 def load_teacher_file(cfg: "DistillConfig", class_names: list[str]) -> "nn.Module":
@@ -177,7 +188,7 @@ def _subset(domain: "Domain", max_images: int | None, seed: int) -> "Domain":
 
 def obtain_teacher(
     cfg: "DistillConfig", num_classes: int, *, device: "torch.device", cache_dir: Path, progress: bool,
-    checkpoint_every: int = 0, given: "nn.Module | None" = None,
+    checkpoint_every: int = 0, given: "nn.Module | None" = None, echo: Callable[[str], None] | None = None,
 ) -> tuple["nn.Module", dict[str, Any] | None, float]:
     """The user's teacher file (``given`` when already loaded), or a teacher trained on ``teacher_data``
     and cached by its config.
@@ -200,7 +211,7 @@ def obtain_teacher(
     tc = cfg.teacher
     settings = TeacherSettings(arch=cfg.teacher_arch, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
                                weight_decay=tc.weight_decay, seed=TEACHER_SEED, eval_frac=tc.eval_frac,
-                               input_size=cfg.input_size, amp=cfg.amp)
+                               input_size=cfg.input_size, amp=cfg.amp, weights=cfg.teacher_weights)
     key = _fingerprint({"data": cfg.teacher_data, "max_images": tc.max_images, **settings_key(settings),
                         "format": 2})
     tdir = cache_dir / "teachers" / f"{cfg.teacher_arch}-{key}"
@@ -215,7 +226,7 @@ def obtain_teacher(
             f"teacher data {cfg.teacher_data!r} has {len(domain.classes)} classes, the student data {num_classes}."
         )
     result = train_teacher(domain, settings, tdir, device=device, resume=True, progress=progress,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, echo=echo)
     return result.model, result.eval_acc, time.perf_counter() - t0
 
 
@@ -298,6 +309,7 @@ def run_distill(
     from augkd_edge.distributed import current, device_for
     from augkd_edge.engine import MetricsLog, evaluate_classifier, fit, prefetch_depth
     from augkd_edge.method.common import make_augment, recompute_bn_stats, teacher_energies
+    from augkd_edge.models.weights import initialise, resolve
     from augkd_edge.models.zoo import build_classifier
 
     out_dir = Path(out_dir)
@@ -333,7 +345,7 @@ def run_distill(
     # ---- teacher ------------------------------------------------------------
     teacher, teacher_own, wall["teacher"] = obtain_teacher(
         cfg, num_classes, device=device, cache_dir=Path(cache_dir), progress=progress,
-        checkpoint_every=checkpoint_every, given=given_teacher,
+        checkpoint_every=checkpoint_every, given=given_teacher, echo=echo,
     )
     teacher.eval()
     teacher_student = {
@@ -349,7 +361,10 @@ def run_distill(
 
     # ---- student, same init for every method of a seed -------------------
     torch.manual_seed(cfg.seed)
-    student = build_classifier(cfg.student_arch, num_classes).to(device)
+    student = build_classifier(cfg.student_arch, num_classes)
+    if cfg.student_weights:
+        echo(initialise(student, cfg.student_arch, cfg.student_weights, "--student-weights"))
+    student = student.to(device)
     common = dict(mean=mean, std=std, seed=cfg.seed, amp=cfg.amp)
     history: dict[str, list[dict[str, float]]] = {}
     generator = encoder = anchor = None
@@ -358,6 +373,9 @@ def run_distill(
                "student_arch": cfg.student_arch, "seed": cfg.seed, "input_size": cfg.input_size}
     if cfg.amp != "off":  # keeps the fingerprints of float32 runs as they were
         base_fp["amp"] = cfg.amp
+    for key, arch in (("student_weights", cfg.student_arch), ("teacher_weights", cfg.teacher_arch)):
+        if getattr(cfg, key):  # what the weights are, not their name or path; random-init fingerprints stay
+            base_fp[key] = resolve(arch, getattr(cfg, key), "--" + key.replace("_", "-")).identity()
 
     def run_stage(stage: Any, epochs: int, path: Path, fp: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()

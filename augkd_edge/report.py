@@ -232,6 +232,19 @@ def generated_views(
     return out
 
 
+def _init_line(cfg: Any) -> str:
+    """How the networks were initialised (``--student-weights`` / ``--teacher-weights``)."""
+    student = getattr(cfg, "student_weights", None)
+    teacher = None if cfg.teacher_file else getattr(cfg, "teacher_weights", None)
+    if not student and cfg.teacher_file:
+        return "The student starts from scratch (no --student-weights)."
+    if not student and not teacher:
+        return ("Both networks start from scratch (no --student-weights / --teacher-weights); with a pretrained "
+                "teacher the teacher rows, and so what distillation can add, would be higher.")
+    parts = [f"the {role} from `{spec}`" for role, spec in (("student", student), ("teacher", teacher)) if spec]
+    return "Pretrained starting weights: " + " and ".join(parts) + " (head replaced for the class count)."
+
+
 def write_run_report(
     out_dir: str | Path,
     results: dict[str, Any],
@@ -270,8 +283,7 @@ def write_run_report(
             (f"**student `{results['method']}` on the student domain (test split)**", results["test"]),
         ]),
         "",
-        "Both networks start from scratch (no ImageNet weights are reachable offline); with a pretrained teacher "
-        "the teacher rows, and so what distillation can add, would be higher.",
+        _init_line(cfg),
         "",
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_wall_s"].items()) + ".",
         "",

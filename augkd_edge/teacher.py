@@ -13,7 +13,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -35,13 +35,22 @@ class TeacherSettings:
     eval_frac: float = 0.2
     input_size: int = 32
     amp: str = "off"
+    # Starting weights: a torchvision weights name or a state_dict file (augkd_edge/models/weights.py); None = random.
+    weights: str | None = None
 
 
 def settings_key(settings: TeacherSettings) -> dict[str, Any]:
-    """The settings that identify a trained teacher; float32 ("off") keys stay as before ``amp`` existed."""
+    """The settings that identify a trained teacher; float32 ("off") keys stay as before ``amp`` existed, and
+    random-init keys as before ``weights`` did. Weights are keyed by what they are (torchvision entry or file hash)."""
     key = dataclasses.asdict(settings)
     if key["amp"] == "off":
         del key["amp"]
+    if key["weights"] is None:
+        del key["weights"]
+    else:
+        from augkd_edge.models.weights import resolve
+
+        key["weights"] = resolve(settings.arch, settings.weights, "--teacher-weights").identity()
     return key
 
 
@@ -64,6 +73,7 @@ def train_teacher(
     resume: bool = True,
     progress: bool = True,
     checkpoint_every: int = 0,
+    echo: Callable[[str], None] | None = None,
 ) -> TeacherResult:
     """Train (or resume) a teacher; writes teacher.pt, metrics.jsonl, results.json, report.md."""
     import torch
@@ -83,7 +93,14 @@ def train_teacher(
     train_idx = torch.as_tensor(splits["train"], dtype=torch.long)
     eval_idx = torch.as_tensor(splits["eval"], dtype=torch.long)
 
-    model = build_classifier(settings.arch, len(domain.classes)).to(device)
+    model = build_classifier(settings.arch, len(domain.classes))
+    if settings.weights is not None:
+        from augkd_edge.models.weights import initialise
+
+        line = initialise(model, settings.arch, settings.weights, "--teacher-weights")
+        if echo is not None and main:
+            echo(line)
+    model = model.to(device)
     # Written only once the inputs are known to be good: a failed start leaves no half-made folder.
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:

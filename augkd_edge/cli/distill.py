@@ -116,6 +116,12 @@ def _latest_run(root: Path) -> Path | None:
 @click.option("--teacher", "teacher_file", type=click.Path(dir_okay=False), default=None,
               help="Trained teacher: a state_dict (with --teacher-arch), a TorchScript or torch.export archive, "
                    "or an augkd-edge model file. Default: train one on --teacher-data (cached).")
+@click.option("--student-weights", default=None, metavar="NAME|FILE",
+              help="Start the student from a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...; read from "
+                   "$TORCH_HOME/hub/checkpoints/, never downloaded) or a state_dict file; the head is replaced for "
+                   "the class count [default: random init].")
+@click.option("--teacher-weights", default=None, metavar="NAME|FILE",
+              help="The same for a teacher trained here (not with --teacher FILE) [default: random init].")
 @click.option("--teacher-arch", default=None, help="torchvision name of the teacher [default: resnet34].")
 @click.option("--student", "student_arch", default=None, help="torchvision name of the student [default: mobilenet_v3_small].")
 @click.option("--teacher-data", default=None,
@@ -152,7 +158,8 @@ def _latest_run(root: Path) -> Path | None:
               help="Where trained teachers are cached, keyed by their configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_hyperparameter_options
-def command(teacher_file: str | None, teacher_arch: str | None, student_arch: str | None, teacher_data: str | None,
+def command(teacher_file: str | None, student_weights: str | None, teacher_weights: str | None,
+            teacher_arch: str | None, student_arch: str | None, teacher_data: str | None,
             student_data: str | None, shots: int | None, eval_per_class: int | None, preset: str, method: str | None,
             seed: int | None, input_size: int | None, device: str | None, amp: str | None,
             checkpoint_every: int, deterministic: bool, config_file: str | None, out_dir: str | None,
@@ -185,7 +192,7 @@ def command(teacher_file: str | None, teacher_arch: str | None, student_arch: st
     top = {"teacher_file": teacher_file, "teacher_arch": teacher_arch, "student_arch": student_arch,
            "teacher_data": teacher_data, "student_data": student_data, "shots": shots,
            "eval_per_class": eval_per_class, "input_size": input_size, "method": method, "seed": seed,
-           "device": device, "amp": amp}
+           "device": device, "amp": amp, "student_weights": student_weights, "teacher_weights": teacher_weights}
     # Only flags actually given override --config; unset ones fall back to the file, then the preset.
     data.update({k: v for k, v in top.items() if v is not None})
     for key, value in hyper.items():

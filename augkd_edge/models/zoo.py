@@ -1,7 +1,7 @@
 """Teacher and student classifiers by torchvision name.
 
-No pretrained weights are reachable offline, so models start from scratch unless
-the user gives a local weights file. BatchNorm momentum is raised to 0.1
+Models start from scratch; pretrained weights (a torchvision weights name or a
+state_dict file) are loaded into them by ``augkd_edge.models.weights``. BatchNorm momentum is raised to 0.1
 everywhere: torchvision's MobileNetV3 uses 0.01, whose running statistics never
 catch up in short from-scratch runs (eval accuracy near chance, METHOD.md).
 """
@@ -28,22 +28,28 @@ KNOWN_ARCHS = (
 )
 
 
-def _replace_head(model: "nn.Module", num_classes: int) -> None:
+def head_name(model: "nn.Module") -> str:
+    """Dotted name of the classifier's last Linear layer: ``fc``, ``classifier`` or ``classifier.N``."""
     from torch import nn
 
-    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-        return
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        return "fc"
     head = getattr(model, "classifier", None)
     if isinstance(head, nn.Sequential):
         for i in range(len(head) - 1, -1, -1):
             if isinstance(head[i], nn.Linear):
-                head[i] = nn.Linear(head[i].in_features, num_classes)
-                return
+                return f"classifier.{i}"
     if isinstance(head, nn.Linear):
-        model.classifier = nn.Linear(head.in_features, num_classes)
-        return
+        return "classifier"
     raise UserError(f"cannot find the classifier layer of {type(model).__name__} to resize it")
+
+
+def _replace_head(model: "nn.Module", num_classes: int) -> None:
+    from torch import nn
+
+    parent_name, _, attr = head_name(model).rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, nn.Linear(getattr(parent, attr).in_features, num_classes))
 
 
 def set_bn_momentum(model: "nn.Module", momentum: float) -> None:
@@ -68,32 +74,14 @@ def model_builder(arch: str) -> Any:
         ) from None
 
 
-def build_classifier(
-    arch: str,
-    num_classes: int,
-    bn_momentum: float = 0.1,
-    weights_file: str | None = None,
-) -> "nn.Module":
-    """A torchvision classifier with ``num_classes`` outputs.
+def build_classifier(arch: str, num_classes: int, bn_momentum: float = 0.1) -> "nn.Module":
+    """A torchvision classifier with ``num_classes`` outputs, randomly initialised.
 
-    ``weights_file``: optional local ImageNet (or other) state_dict, loaded safely
-    before the head is resized, since downloads are not possible here.
+    Pretrained weights: ``augkd_edge.models.weights.initialise`` on the result.
     """
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
     model = model_builder(arch)(weights=None)
-    if weights_file is not None:
-        from augkd_edge.checkpoint import load_safe
-
-        state = load_safe(weights_file)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError) as exc:
-            raise UserError(
-                f"{weights_file}: weights do not fit {arch}: {str(exc).splitlines()[0]}"
-            ) from exc
     _replace_head(model, num_classes)
     set_bn_momentum(model, bn_momentum)
     return model
