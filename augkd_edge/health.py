@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from augkd_edge.data import normalize
 
 # report.md flags a collapse below / above these (issue 13's thresholds)
 COLLAPSE_TOP1 = 0.5
@@ -66,6 +65,7 @@ def module_health(
     certainty on the raw student images: a generator that draws the teacher's
     domain should leave the teacher at least as sure as a foreign domain does.
     """
+    from augkd_edge.engine import predict_logits
     from augkd_edge.losses import energy
 
     out: dict[str, Any] = {"generator": None, "reconstruction": None, "anchor": None}
@@ -86,8 +86,7 @@ def module_health(
             anchors.append(generator(z_a).float().cpu())
 
     def teacher_view(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = torch.cat([teacher(normalize(x[i:i + batch_size].to(device), mean, std)).float().cpu()
-                            for i in range(0, len(x), batch_size)])
+        logits = predict_logits(teacher, x, mean, std, batch_size).cpu()
         return logits.argmax(dim=1), energy(logits)
 
     z = torch.randn(generator_samples, generator.latent_dim, generator=torch.Generator().manual_seed(0))
