@@ -433,8 +433,8 @@ def run_distill(
     for line in findings:
         echo(f"  warning: {line}")
     seed_stage(cfg.seed, cfg.method)
-    final = _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment,
-                         {**common, "trust": _trust(cfg, health, teacher_student["eval"]["top1"], num_classes)})
+    final = _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common,
+                         _trust(cfg, health, teacher_student["eval"]["top1"], num_classes))
     if final is not None:
         echo({"augkd": "Module 3 (uncertainty-guided mixup)"}.get(cfg.method, f"{cfg.method}: student training"))
         run_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
@@ -499,15 +499,17 @@ def _trust(cfg: "DistillConfig", health: dict[str, Any], raw_top1: float, num_cl
     return reliability(raw_top1, num_classes), reliability(anchored, num_classes)
 
 
-def _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common):  # type: ignore[no-untyped-def]
-    """The student-domain stage of ``cfg.method`` (None for dfkd, which trains nothing more)."""
-    if cfg.method not in ("augkd", "no-anchor", "no-mixup"):
-        common = {k: v for k, v in common.items() if k != "trust"}
+def _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augment, common, trust):  # type: ignore[no-untyped-def]
+    """The student-domain stage of ``cfg.method`` (None for dfkd, which trains nothing more).
+
+    ``trust``: Module 3's teacher reliabilities (``_trust``); the KD baseline keeps its fixed u.
+    """
     if cfg.method in ("augkd", "no-anchor", "no-mixup"):
         from augkd_edge.method.mixup import build_mixup_stage
 
         return build_mixup_stage(cfg.method, student, teacher, generator, encoder, x["train"], y["train"],
-                                 x["eval"], y["eval"], cfg.mixup, anchor=anchor, augment=augment, **common)
+                                 x["eval"], y["eval"], cfg.mixup, anchor=anchor, augment=augment, trust=trust,
+                                 **common)
     if cfg.method == "dfkd":
         return None
     from augkd_edge.method.baselines import build_baseline_stage
