@@ -30,7 +30,6 @@ from typing import Any
 
 from augkd_edge.errors import UserError
 
-METHODS = ("augkd", "no-kd", "kd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup")
 PRESETS = ("quick", "paper")
 SCHEDULES = ("linear", "step")
 CURRICULA = ("none", "energy")
@@ -38,6 +37,48 @@ AMP_MODES = ("off", "bf16", "fp16")  # --amp; augkd_edge.precision implements th
 ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
 ANCHOR_CERTAINTY = ("label", "all")  # the bounded objective's energy: the label's, or over all classes
 TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What one ``--method`` runs: the one table the pipeline, the stages, the report and the CLI read.
+
+    ``final``: the student-domain stage after Modules 1 and 2: ``"mixup"`` (Module 3,
+    ``method/mixup.py``), ``"baseline"`` (a plain student stage, ``method/baselines.py``)
+    or None (``dfkd``: the Module 1 student as it is).
+    """
+
+    name: str
+    data_free: bool  # Module 1 (generator, encoder, student warm-up)
+    anchor: bool  # Module 2 (AnchorNet); Module 3 without it mixes towards the reconstruction (z_a = z)
+    final: str | None
+    mixup: bool = False  # Module 3 mixes generated and real images (False: f = 1 throughout)
+    kd: bool = False  # a baseline that distils from the teacher (u * CE + (1 - u) * tau^2 * KL)
+    summary: str = ""
+
+    @property
+    def stage_name(self) -> str | None:
+        """The final stage's name (its checkpoint ``<name>.ckpt``, its metrics lines); None without one."""
+        if self.final is None:
+            return None
+        if self.name == "augkd":
+            return "mixup"
+        return ("mixup_" if self.final == "mixup" else "") + self.name.replace("-", "_")
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("augkd", data_free=True, anchor=True, final="mixup", mixup=True, summary="AuG-KD (Modules 1, 2, 3)"),
+    Method("no-kd", data_free=False, anchor=False, final="baseline", summary="CE on the labelled images alone"),
+    Method("kd", data_free=False, anchor=False, final="baseline", kd=True,
+           summary="KD from the teacher on the labelled images"),
+    Method("dfkd", data_free=True, anchor=False, final=None, summary="the Module 1 student as it is"),
+    Method("dfkd-finetune", data_free=True, anchor=False, final="baseline",
+           summary="the Module 1 student fine-tuned with CE"),
+    Method("no-anchor", data_free=True, anchor=False, final="mixup", mixup=True,
+           summary="Module 3 without Module 2 (z_a = z)"),
+    Method("no-mixup", data_free=True, anchor=True, final="mixup", mixup=False,
+           summary="Module 3 with f = 1 (no mixup)"),
+)}
 
 
 @dataclasses.dataclass

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from augkd_edge import __version__
+from augkd_edge.config import METHODS
 from augkd_edge.errors import UserError
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from augkd_edge.data import Domain
 
 RESULTS_SCHEMA = 2
-DATA_FREE_METHODS = ("augkd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup")
-ANCHOR_METHODS = ("augkd", "no-mixup")
 # The teacher is an input of the experiment, like a downloaded one: trained
 # once with a fixed seed and shared by every student seed.
 TEACHER_SEED = 0
@@ -388,7 +387,7 @@ def run_distill(
              f"({time.perf_counter() - t0:.0f} s this session)")
         return result.best_state
 
-    if cfg.method in DATA_FREE_METHODS:
+    if METHODS[cfg.method].data_free:
         from augkd_edge.method.data_free import DataFreeStage
         from augkd_edge.models.generative import Encoder, Generator
 
@@ -406,7 +405,7 @@ def run_distill(
 
     reference_energy, reference_source = (
         teacher_domain_energy(cfg, teacher, generator) if generator is not None else (None, None))
-    if cfg.method in ANCHOR_METHODS:
+    if METHODS[cfg.method].anchor:
         from augkd_edge.method.anchor import AnchorStage
         from augkd_edge.method.common import freeze
         from augkd_edge.models.anchornet import AnchorNet
@@ -504,13 +503,14 @@ def _final_stage(cfg, student, teacher, generator, encoder, anchor, x, y, augmen
 
     ``trust``: Module 3's teacher reliabilities (``_trust``); the KD baseline keeps its fixed u.
     """
-    if cfg.method in ("augkd", "no-anchor", "no-mixup"):
+    final = METHODS[cfg.method].final
+    if final == "mixup":
         from augkd_edge.method.mixup import build_mixup_stage
 
         return build_mixup_stage(cfg.method, student, teacher, generator, encoder, x["train"], y["train"],
                                  x["eval"], y["eval"], cfg.mixup, anchor=anchor, augment=augment, trust=trust,
                                  **common)
-    if cfg.method == "dfkd":
+    if final is None:
         return None
     from augkd_edge.method.baselines import build_baseline_stage
 

@@ -260,6 +260,7 @@ def write_run_report(
 ) -> Path:
     """report.md with the accuracy table, pictures, curves and the teacher-energy view."""
     from augkd_edge.checkpoint import write_text_atomic
+    from augkd_edge.config import METHODS
 
     out_dir = Path(out_dir)
     img = out_dir / "images"
@@ -307,7 +308,7 @@ def write_run_report(
             "",
         ]
     lines += health_markdown(results)
-    if "mixup" in views and results["method"] in ("augkd", "no-anchor"):
+    if "mixup" in views and METHODS[results["method"]].mixup:
         save_grid(views["mixup"], img / "mixup.png", nrow=len(factors))
         lines += [
             "## Module 3: the curriculum",

@@ -134,8 +134,8 @@ def _latest_run(root: Path) -> Path | None:
               help="Student-domain eval images per class, for checkpoint selection [default: 5]; the rest is the test split.")
 @click.option("--preset", type=click.Choice(PRESETS), default="quick", show_default=True,
               help="quick: sized for a 2-core CPU (<10 min); paper: the paper's hyperparameters, for a GPU.")
-@click.option("--method", type=click.Choice(METHODS), default=None,
-              help="[default: augkd] augkd, or a baseline/ablation: no-kd, kd, dfkd, dfkd-finetune, no-anchor, no-mixup.")
+@click.option("--method", type=click.Choice(list(METHODS)), default=None,
+              help="[default: augkd] " + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()) + ".")
 @click.option("--seed", type=int, default=None, help="Seed for splits, student init and data order [default: 0].")
 @click.option("--input-size", type=click.IntRange(min=8), default=None, help="Square input resolution [default: 32].")
 @click.option("--device", default=None,

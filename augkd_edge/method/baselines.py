@@ -19,10 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from augkd_edge.config import MixupConfig
+from augkd_edge.config import METHODS, MixupConfig
 from augkd_edge.method.common import Augment, StudentStage, recipe
-
-BASELINE_STAGES = ("no-kd", "kd", "dfkd-finetune")
 
 
 def build_baseline_stage(
@@ -41,13 +39,15 @@ def build_baseline_stage(
     augment: Augment | None = None,
     amp: str = "off",
 ) -> StudentStage:
-    """The training stage of baseline ``method`` (``dfkd`` needs none)."""
-    if method not in BASELINE_STAGES:
-        raise ValueError(f"{method!r} has no baseline stage; use one of {', '.join(BASELINE_STAGES)}")
-    if method == "kd" and teacher is None:
-        raise ValueError("the kd baseline needs the teacher")
+    """The training stage of baseline ``method`` (``config.METHODS``' final stage ``"baseline"``; ``dfkd`` has none)."""
+    spec = METHODS.get(method)
+    if spec is None or spec.final != "baseline":
+        names = [m.name for m in METHODS.values() if m.final == "baseline"]
+        raise ValueError(f"{method!r} has no baseline stage; use one of {', '.join(names)}")
+    if spec.kd and teacher is None:
+        raise ValueError(f"the {method} baseline needs the teacher")
     return StudentStage(
-        method.replace("-", "_"),
+        spec.stage_name,
         student,
         train_x,
         train_y,
@@ -57,8 +57,8 @@ def build_baseline_stage(
         std=std,
         seed=seed,
         augment=augment,
-        teacher=teacher if method == "kd" else None,
-        u=cfg.u if method == "kd" else 1.0,
+        teacher=teacher if spec.kd else None,
+        u=cfg.u if spec.kd else 1.0,
         amp=amp,
         **recipe(cfg),
     )

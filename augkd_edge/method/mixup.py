@@ -44,12 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from augkd_edge.config import MixupConfig
+from augkd_edge.config import METHODS, MixupConfig
 from augkd_edge.losses import stage_factor
 from augkd_edge.method.common import Augment, StudentStage, channels_last_on_cpu, freeze, recipe, teacher_energies
 from augkd_edge.models.anchornet import AnchorNet
-
-MIXUP_METHODS = ("augkd", "no-anchor", "no-mixup")
 
 
 class MixupStage(StudentStage):
@@ -165,18 +163,21 @@ def reliability(top1: float, num_classes: int) -> float:
 
 
 def build_mixup_stage(method: str, *args: Any, anchor: AnchorNet | None, **kwargs: Any) -> MixupStage:
-    """Module 3 for ``augkd``, or its ablations ``no-anchor`` (z_a = z) and ``no-mixup`` (f = 1).
+    """Module 3 for a method of ``config.METHODS`` whose final stage is ``"mixup"``: ``augkd``, or its ablations
+    ``no-anchor`` (z_a = z) and ``no-mixup`` (f = 1).
 
     ``args`` / ``kwargs``: :class:`MixupStage`'s, without ``anchor``, ``mixup`` and ``name``.
     """
-    if method not in MIXUP_METHODS:
-        raise ValueError(f"{method!r} is not a Module 3 method; use one of {', '.join(MIXUP_METHODS)}")
-    if method == "augkd" and anchor is None:
-        raise ValueError("augkd needs the Module 2 AnchorNet")
+    spec = METHODS.get(method)
+    if spec is None or spec.final != "mixup":
+        names = [m.name for m in METHODS.values() if m.final == "mixup"]
+        raise ValueError(f"{method!r} is not a Module 3 method; use one of {', '.join(names)}")
+    if spec.anchor and spec.mixup and anchor is None:
+        raise ValueError(f"{method} needs the Module 2 AnchorNet")
     return MixupStage(
         *args,
-        anchor=None if method == "no-anchor" else anchor,
-        mixup=method != "no-mixup",
-        name="mixup" if method == "augkd" else f"mixup_{method.replace('-', '_')}",
+        anchor=anchor if spec.anchor else None,
+        mixup=spec.mixup,
+        name=spec.stage_name,
         **kwargs,
     )
