@@ -1,10 +1,9 @@
-"""Atomic checkpoint files and safe loading.
+"""Atomic file writes (torch-free: the export side and the Jetson runner use them too).
 
-Checkpoints and teachers may come from strangers, so every load goes through
-``torch.load(..., weights_only=True)``: a file that needs arbitrary unpickling
-is refused instead of executed. Writes go to a temporary file in the same folder
-and are renamed into place, so an interrupted or failed write (kill, disk full)
-never leaves a half-written checkpoint where a good one used to be.
+Writes go to a temporary file in the same folder and are renamed into place, so
+an interrupted or failed write (kill, disk full) never leaves a half-written
+file where a good one used to be. Torch files (checkpoints, models) are written
+and read through ``torch_files.py`` on top of this.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Callable
 
-from augkd_edge.errors import UserError, WriteError
+from augkd_edge.errors import WriteError
 
 
 def _umask_mode() -> int:
@@ -82,43 +81,6 @@ def _write_replace(path: Path, mode: str, write: Callable[[IO], None]) -> Path:
     return path
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` so that ``path`` is either old or new, never partial."""
-    import torch
-
-    return _atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
-
-
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Same guarantee as :func:`save_atomic` for JSON / Markdown results."""
+    """Write ``text`` (JSON / Markdown results) so that ``path`` is either old or new, never partial."""
     return _atomic_write(path, "w", lambda fh: fh.write(text))
-
-
-def load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
-    """Load a torch file without running code from it.
-
-    Raises UserError (naming the file) when it is missing, truncated, not a
-    torch file, or carries a pickle payload that ``weights_only`` refuses.
-    """
-    import pickle
-    import zipfile
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; check the path you gave.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(
-            f"{path}: refused to load: the file holds Python objects beyond tensors and plain "
-            f"data, and unpickling them could run code ({str(exc).splitlines()[0]}). Save a "
-            f"state_dict (torch.save(model.state_dict(), ...)) or a TorchScript / torch.export "
-            f"archive instead."
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from exc

@@ -9,12 +9,11 @@ hyperparameters would silently mix two experiments.
 Two presets:
 
 - ``quick`` (the default) is sized so that the whole default run (teacher on
-  MNIST, Module 1, 2, 3) finishes in under 10 minutes on a 2-core CPU. Measured
-  speeds that set it: ResNet-34 trains at ~210 img/s and forwards ~1300 img/s,
-  MobileNet-V3-Small trains ~540 img/s (32x32, batch 128). It is a smoke-sized
-  experiment, not the paper's.
-- ``paper`` holds METHOD.md's reference hyperparameters (batch 2048, 200 epochs
-  per module, Adam lrs, a = 0.6, b = 0.2, u = 0.5, tau = 10); meant for a GPU.
+  MNIST, Module 1, 2, 3) finishes in under 10 minutes on a 2-core CPU (the
+  speeds that set it: docs/decisions.md, "The quick preset"). It is a
+  smoke-sized experiment, not the paper's.
+- ``paper`` holds the paper's reference hyperparameters (docs/method.md; batch 2048,
+  200 epochs per module, Adam lrs, a = 0.6, b = 0.2, u = 0.5, tau = 10); meant for a GPU.
 
 Values given explicitly (``from_dict``, CLI flags) override the preset's.
 """
@@ -43,61 +42,50 @@ TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of
 class Method:
     """What one ``--method`` runs: the one table the pipeline, the stages, the report and the CLI read.
 
-    ``final``: the student-domain stage after Modules 1 and 2: ``"mixup"`` (Module 3,
-    ``method/mixup.py``), ``"baseline"`` (a plain student stage, ``method/baselines.py``)
-    or None (``dfkd``: the Module 1 student as it is).
+    ``final``: the student-domain stage after Modules 1 and 2: ``"mixup"`` (Module 3, ``method/mixup.py``),
+    ``"baseline"`` (``method/baselines.py``) or None (``dfkd``: the Module 1 student as it is), named
+    ``stage_name`` (its checkpoint ``ckpt/<stage_name>.ckpt`` and metrics lines).
     """
 
     name: str
     data_free: bool  # Module 1 (generator, encoder, student warm-up)
     anchor: bool  # Module 2 (AnchorNet); Module 3 without it mixes towards the reconstruction (z_a = z)
     final: str | None
+    stage_name: str | None
     mixup: bool = False  # Module 3 mixes generated and real images (False: f = 1 throughout)
     kd: bool = False  # a baseline that distils from the teacher (u * CE + (1 - u) * tau^2 * KL)
     summary: str = ""
 
-    @property
-    def stage_name(self) -> str | None:
-        """The final stage's name (its checkpoint ``<name>.ckpt``, its metrics lines); None without one."""
-        if self.final is None:
-            return None
-        if self.name == "augkd":
-            return "mixup"
-        return ("mixup_" if self.final == "mixup" else "") + self.name.replace("-", "_")
-
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("augkd", data_free=True, anchor=True, final="mixup", mixup=True, summary="AuG-KD (Modules 1, 2, 3)"),
-    Method("no-kd", data_free=False, anchor=False, final="baseline", summary="CE on the labelled images alone"),
-    Method("kd", data_free=False, anchor=False, final="baseline", kd=True,
-           summary="KD from the teacher on the labelled images"),
-    Method("dfkd", data_free=True, anchor=False, final=None, summary="the Module 1 student as it is"),
-    Method("dfkd-finetune", data_free=True, anchor=False, final="baseline",
-           summary="the Module 1 student fine-tuned with CE"),
-    Method("no-anchor", data_free=True, anchor=False, final="mixup", mixup=True,
-           summary="Module 3 without Module 2 (z_a = z)"),
-    Method("no-mixup", data_free=True, anchor=True, final="mixup", mixup=False,
-           summary="Module 3 with f = 1 (no mixup)"),
+    Method("augkd", True, True, "mixup", "mixup", mixup=True, summary="AuG-KD (Modules 1, 2, 3)"),
+    Method("no-kd", False, False, "baseline", "no_kd", summary="CE on the labelled images alone"),
+    Method("kd", False, False, "baseline", "kd", kd=True, summary="KD from the teacher on the labelled images"),
+    Method("dfkd", True, False, None, None, summary="the Module 1 student as it is"),
+    Method("dfkd-finetune", True, False, "baseline", "dfkd_finetune", summary="the Module 1 student fine-tuned with CE"),
+    Method("no-anchor", True, False, "mixup", "mixup_no_anchor", mixup=True, summary="Module 3 without Module 2 (z_a = z)"),
+    Method("no-mixup", True, True, "mixup", "mixup_no_mixup", summary="Module 3 with f = 1 (no mixup)"),
 )}
 
 
 @dataclasses.dataclass
-class TeacherConfig:
-    """Teacher training on the teacher domain (only when no ``teacher_file`` is given).
-
-    SGD with Nesterov momentum and a cosine schedule (the lead's ``teacher.py``).
-    An undertrained teacher is useless across the shift (METHOD.md: 5 epochs
-    gave 0.27 on optdigits, 20 gave 0.73), so ``quick`` trains as long as the
-    10-minute budget allows.
+class TeacherRecipe:
+    """How a teacher trains: SGD with Nesterov momentum, cosine schedule (``teacher.py``); epochs and lr:
+    docs/decisions.md, "Teacher epochs and learning rate". Shared by :class:`TeacherConfig` (``distill``)
+    and ``teacher.TeacherSettings`` (``augkd-edge teacher``).
     """
 
     epochs: int = 10
     batch_size: int = 128
-    # 0.05 made ResNet-34 diverge in its first epoch (train loss 4.05, eval top-1 0.48 after
-    # 8 epochs); 0.02 gives 0.978 on MNIST eval and 0.907 on optdigits in 10 epochs (127 s).
     lr: float = 0.02
     weight_decay: float = 5e-4
     eval_frac: float = 0.2
+
+
+@dataclasses.dataclass
+class TeacherConfig(TeacherRecipe):
+    """Teacher training on the teacher domain (only when no ``teacher_file`` is given)."""
+
     # Teacher-domain images used for training+eval; None = all. Caps CPU time.
     max_images: int | None = 4000
 
@@ -106,7 +94,7 @@ class TeacherConfig:
 class DataFreeConfig:
     """Module 1: generator, encoder and student warm-up without teacher data.
 
-    One iteration = 1 generator step + ``k`` student/encoder steps (METHOD.md).
+    One iteration = 1 generator step + ``k`` student/encoder steps (docs/method.md, "Module 1").
     """
 
     latent_dim: int = 100
@@ -152,7 +140,7 @@ class AnchorConfig:
     measurements behind each default are in docs/method.md ("Module 2").
     """
 
-    # quick: 30 epochs of ~4 batches (~120 steps); 10 x 2 steps at lr 1e-3 left the AnchorNet untrained.
+    # quick: docs/decisions.md, "Module 2 epochs and learning rate".
     epochs: int = 30
     lr: float = 1e-2
     batch_size: int = 32
@@ -189,8 +177,7 @@ class AnchorConfig:
 class MixupConfig:
     """Module 3 (and the student-domain baselines, so all share one training recipe)."""
 
-    # quick: 100 epochs of the 100-image few-shot set (~200 steps, under a minute on
-    # 2 cores); at 30 the student was still improving at the last epoch.
+    # quick: docs/decisions.md, "Module 3 epochs".
     epochs: int = 100
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -253,10 +240,8 @@ class DistillConfig:
         cfg = cls(preset=name)
         if name == "paper":
             cfg.teacher = TeacherConfig(epochs=200, batch_size=256, max_images=None)
-            cfg.data_free = DataFreeConfig(
-                epochs=200, iters_per_epoch=200, batch_size=2048, val_samples=2048, lr_g=1e-3, lr_e=1e-4, k=5,
-                bn_weight=1.0
-            )
+            cfg.data_free = DataFreeConfig(epochs=200, iters_per_epoch=200, batch_size=2048, val_samples=2048,
+                                           lr_g=1e-3, lr_e=1e-4, k=5, bn_weight=1.0)
             cfg.anchor = AnchorConfig(epochs=200, batch_size=2048, lr=1e-3)
             cfg.mixup = MixupConfig(epochs=200, batch_size=2048)
         cfg.validate()
@@ -308,12 +293,8 @@ class DistillConfig:
         need(self.method in METHODS, "method", self.method, f"use one of {', '.join(METHODS)}")
         need(self.preset in PRESETS, "preset", self.preset, f"use one of {', '.join(PRESETS)}")
         need(self.amp in AMP_MODES, "amp", self.amp, f"use one of {', '.join(AMP_MODES)}")
-        need(
-            re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None,
-            "device",
-            self.device,
-            "use auto, cpu, cuda or cuda:N",
-        )
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", self.device,
+             "use auto, cpu, cuda or cuda:N")
         for key in ("teacher_data", "student_data", "teacher_arch", "student_arch"):
             need(bool(getattr(self, key)), key, getattr(self, key), "give a non-empty value")
         for key in ("student_weights", "teacher_weights"):
@@ -330,36 +311,41 @@ class DistillConfig:
         need(self.eval_per_class >= 1, "eval_per_class", self.eval_per_class, "need at least 1")
         need(self.input_size >= 8 and self.input_size % 4 == 0, "input_size", self.input_size,
              "use a multiple of 4, at least 8 (the generator upsamples twice)")
-        _positive(self.teacher, "teacher", ("epochs", "batch_size", "lr"), need)
-        need(0 < self.teacher.eval_frac < 1, "teacher.eval_frac", self.teacher.eval_frac, "use a value in (0, 1)")
-        need(self.teacher.max_images is None or self.teacher.max_images >= 10, "teacher.max_images",
-             self.teacher.max_images, "use null (all images) or at least 10")
-        _positive(self.data_free, "data_free",
-                  ("latent_dim", "gen_width", "epochs", "iters_per_epoch", "batch_size", "lr_g", "lr_e", "lr_s", "k",
-                   "val_samples"), need)
-        _positive(self.anchor, "anchor", ("epochs", "lr", "batch_size", "tau", "hidden"), need)
-        need(0 < self.anchor.alpha < 1, "anchor.alpha", self.anchor.alpha, "use a value in (0, 1)")
-        need(self.anchor.objective in ANCHOR_OBJECTIVES, "anchor.objective", self.anchor.objective,
-             f"use one of {', '.join(ANCHOR_OBJECTIVES)}")
-        need(self.anchor.certainty in ANCHOR_CERTAINTY, "anchor.certainty", self.anchor.certainty,
-             f"use one of {', '.join(ANCHOR_CERTAINTY)}")
-        _positive(self.mixup, "mixup", ("epochs", "lr", "batch_size", "a", "tau"), need)
-        need(self.mixup.a <= 1, "mixup.a", self.mixup.a, "use a value in (0, 1]")
-        need(0 <= self.mixup.b <= 1, "mixup.b", self.mixup.b, "use a value in [0, 1]")
-        need(0 <= self.mixup.u <= 1, "mixup.u", self.mixup.u, "use a value in [0, 1]")
-        need(self.mixup.schedule in SCHEDULES, "mixup.schedule", self.mixup.schedule,
-             f"use one of {', '.join(SCHEDULES)}")
-        need(self.mixup.curriculum in CURRICULA, "mixup.curriculum", self.mixup.curriculum,
-             f"use one of {', '.join(CURRICULA)}")
-        need(self.mixup.teacher_trust in TEACHER_TRUST, "mixup.teacher_trust", self.mixup.teacher_trust,
-             f"use one of {', '.join(TEACHER_TRUST)}")
-        for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",
-                                             "encoder_kl_weight", "encoder_recon_weight",
-                                             "encoder_teacher_weight")),
-                              ("anchor", ("lambda_ce", "lambda_z", "encoder_lr", "encoder_recon_weight")), ("mixup", ("weight_decay",))):
-            for key in keys:
-                value = getattr(getattr(self, section), key)
-                need(value >= 0, f"{section}.{key}", value, "use a value >= 0")
+        _validate_sections(self, need)
+
+
+def _validate_sections(cfg: "DistillConfig", need: Any) -> None:
+    """The hyperparameter sections' ranges and choices (``DistillConfig.validate``'s second half)."""
+    _positive(cfg.teacher, "teacher", ("epochs", "batch_size", "lr"), need)
+    need(0 < cfg.teacher.eval_frac < 1, "teacher.eval_frac", cfg.teacher.eval_frac, "use a value in (0, 1)")
+    need(cfg.teacher.max_images is None or cfg.teacher.max_images >= 10, "teacher.max_images",
+         cfg.teacher.max_images, "use null (all images) or at least 10")
+    _positive(cfg.data_free, "data_free",
+              ("latent_dim", "gen_width", "epochs", "iters_per_epoch", "batch_size", "lr_g", "lr_e", "lr_s", "k",
+               "val_samples"), need)
+    _positive(cfg.anchor, "anchor", ("epochs", "lr", "batch_size", "tau", "hidden"), need)
+    need(0 < cfg.anchor.alpha < 1, "anchor.alpha", cfg.anchor.alpha, "use a value in (0, 1)")
+    need(cfg.anchor.objective in ANCHOR_OBJECTIVES, "anchor.objective", cfg.anchor.objective,
+         f"use one of {', '.join(ANCHOR_OBJECTIVES)}")
+    need(cfg.anchor.certainty in ANCHOR_CERTAINTY, "anchor.certainty", cfg.anchor.certainty,
+         f"use one of {', '.join(ANCHOR_CERTAINTY)}")
+    _positive(cfg.mixup, "mixup", ("epochs", "lr", "batch_size", "a", "tau"), need)
+    need(cfg.mixup.a <= 1, "mixup.a", cfg.mixup.a, "use a value in (0, 1]")
+    need(0 <= cfg.mixup.b <= 1, "mixup.b", cfg.mixup.b, "use a value in [0, 1]")
+    need(0 <= cfg.mixup.u <= 1, "mixup.u", cfg.mixup.u, "use a value in [0, 1]")
+    need(cfg.mixup.schedule in SCHEDULES, "mixup.schedule", cfg.mixup.schedule,
+         f"use one of {', '.join(SCHEDULES)}")
+    need(cfg.mixup.curriculum in CURRICULA, "mixup.curriculum", cfg.mixup.curriculum,
+         f"use one of {', '.join(CURRICULA)}")
+    need(cfg.mixup.teacher_trust in TEACHER_TRUST, "mixup.teacher_trust", cfg.mixup.teacher_trust,
+         f"use one of {', '.join(TEACHER_TRUST)}")
+    for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",
+                                         "encoder_kl_weight", "encoder_recon_weight",
+                                         "encoder_teacher_weight")),
+                          ("anchor", ("lambda_ce", "lambda_z", "encoder_lr", "encoder_recon_weight")), ("mixup", ("weight_decay",))):
+        for key in keys:
+            value = getattr(getattr(cfg, section), key)
+            need(value >= 0, f"{section}.{key}", value, "use a value >= 0")
 
 
 def _positive(section: Any, name: str, keys: tuple[str, ...], need: Any) -> None:

@@ -166,7 +166,7 @@ def device_for(name: str) -> "torch.device":
     """The device of this rank: ``cuda:LOCAL_RANK`` for CUDA jobs under torchrun."""
     import torch
 
-    from augkd_edge.engine import select_device
+    from augkd_edge.device import select_device
 
     device = select_device(name)
     if launched_by_torchrun() and device.type == "cuda":

@@ -1,9 +1,11 @@
-"""The one place for training loops: epochs, progress, metrics, checkpoints, resume.
+"""The one place for training loops: the loop, its state and the stage checkpoint format.
 
 The AuG-KD modules and the baselines (``augkd_edge.method``) only define what one
 step does (:class:`Stage`); this module drives them. Keeping the loop here means
-checkpointing, RNG capture, divergence checks and progress bars are written once
-and behave the same for the teacher, Module 1, 2, 3 and every baseline.
+checkpointing, divergence checks and progress bars are written once and behave
+the same for the teacher, Module 1, 2, 3 and every baseline. Around it:
+``rng.py`` (the RNG states a checkpoint holds), ``metrics_log.py`` (metrics.jsonl),
+``evaluate.py`` (evaluation), ``device.py`` (device choice, determinism).
 
 Stage checkpoint file (``<stage>.ckpt``, one ``torch.save`` of plain data,
 loadable with ``weights_only=True``), written every N steps and after every
@@ -24,18 +26,21 @@ Version 1 files (epoch boundaries only) still load.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
-import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from augkd_edge.errors import UserError
+from augkd_edge.metrics_log import MetricsLog
+from augkd_edge.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
+
+    from augkd_edge.distributed import Dist
 
 STAGE_FORMAT = "augkd-edge/stage"
 STAGE_VERSION = 2
@@ -69,6 +74,47 @@ class Stage(Protocol):
     def best_state(self) -> dict[str, Any]: ...
 
 
+class NamedState:
+    """A stage's ``state_dict`` / ``load_state_dict`` / ``best_state`` from its named parts.
+
+    :meth:`parts`: name -> a network, optimizer, scheduler or ``Precision`` (anything with
+    ``state_dict`` / ``load_state_dict``), or a dict of such (one per optimized net).
+    ``best``: the names of the parts kept for the best epoch (its networks). Loading
+    restores the parts a state holds (an older checkpoint may lack one, e.g. the AMP scaler).
+    """
+
+    best: tuple[str, ...] = ()
+
+    def parts(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: _state_of(part) for name, part in self.parts().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, part in self.parts().items():
+            if name not in state:
+                continue
+            if isinstance(part, dict):
+                for key, sub in part.items():
+                    sub.load_state_dict(state[name][key])
+            else:
+                part.load_state_dict(state[name])
+
+    def best_state(self) -> dict[str, Any]:
+        parts = self.parts()
+        return {name: _state_of(parts[name]) for name in self.best}
+
+
+def _state_of(part: Any) -> Any:
+    return {k: v.state_dict() for k, v in part.items()} if isinstance(part, dict) else part.state_dict()
+
+
+def config_fingerprint(obj: Any) -> str:
+    """A short hash of a stage's configuration (JSON), kept in its checkpoint: a resume with another refuses."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class TrainingDiverged(UserError):
     """A loss became NaN/Inf; the last good checkpoint is kept."""
 
@@ -82,152 +128,9 @@ class FitResult:
     wall_s: float
 
 
-def select_device(name: str = "auto") -> "torch.device":
-    """``auto`` picks CUDA when present; an explicit request that cannot be met is a user error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r} is not a device name (use auto, cpu, cuda, cuda:N)") from exc
-
-
-class MetricsLog:
-    """Append-only JSON lines, flushed per record so an interrupted run keeps its history."""
-
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def catch_up(self, stage: str, history: list[dict[str, Any]]) -> None:
-        """Append the epochs of ``history`` the log lacks (a kill between checkpoint and log line).
-
-        The checkpoint is written before the log line, so after a kill the log
-        may miss an epoch but never holds one that a resume will redo.
-        """
-        if self.path is None or not history:
-            return
-        logged = 0
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill
-                    continue
-                if record.get("stage") == stage:
-                    logged = max(logged, int(record.get("epoch", 0)))
-        for metrics in history:
-            if int(metrics["epoch"]) > logged:
-                self.write({"stage": stage, **metrics})
-
-
-def predict_logits(
-    model: "nn.Module",
-    images: "torch.Tensor",
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 512,
-) -> "torch.Tensor":
-    """Logits for [0,1] images through the one normalisation path the model trained with."""
-    import torch
-
-    from augkd_edge.data import normalize
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device, non_blocking=True)
-            out.append(model(normalize(x, mean, std)).float())
-    model.train(was_training)
-    if not out:
-        return torch.empty(0, 0)
-    return torch.cat(out)
-
-
-def topk_accuracy(logits: "torch.Tensor", labels: "torch.Tensor", ks: Sequence[int] = (1, 3, 5)) -> dict[str, float]:
-    """Top-k hit rates; k beyond the class count counts every sample as a hit."""
-    labels = labels.to(logits.device)
-    n = len(labels)
-    if n == 0:
-        return {f"top{k}": float("nan") for k in ks}
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hits = top.eq(labels[:, None])
-    result = {}
-    for k in ks:
-        result[f"top{k}"] = float(hits[:, :k].any(dim=1).float().mean()) if k <= kmax else 1.0
-    return result
-
-
-def evaluate_classifier(
-    model: "nn.Module",
-    images: "torch.Tensor",
-    labels: "torch.Tensor",
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 512,
-) -> dict[str, float]:
-    """Top-1/3/5 as fractions in [0, 1], in eval mode, without gradients."""
-    return topk_accuracy(predict_logits(model, images, mean, std, batch_size), labels)
-
-
-def capture_rng() -> dict[str, Any]:
-    """All RNG states as tensors / plain data, so the checkpoint loads with weights_only."""
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *np_state[2:]],
-        "python": _tuple_to_list(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy().astype("uint32"), *np_state[2:]))
-    random.setstate(_list_to_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuple_to_list(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return [_tuple_to_list(v) for v in obj]
-    return obj
-
-
-def _list_to_tuple(obj: Any) -> Any:
-    if isinstance(obj, list):
-        return tuple(_list_to_tuple(v) for v in obj)
-    return obj
-
-
 def load_stage_checkpoint(path: Path, stage_name: str, fingerprint: str | None) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it belongs to this stage and config, else None / an error."""
-    from augkd_edge.checkpoint import load_safe
+    from augkd_edge.torch_files import load_safe
 
     if not path.exists():
         return None
@@ -273,42 +176,24 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    from augkd_edge.checkpoint import save_atomic
     from augkd_edge.distributed import current
 
     dist = current()
     ckpt_path = Path(ckpt_path)
     log = log if (log is not None and dist.is_main) else MetricsLog(None)
     run = _FitState()
-
-    ckpt = load_stage_checkpoint(ckpt_path, stage.name, fingerprint) if resume else None
-    if ckpt is not None:
-        run.load(ckpt)
-        log.catch_up(stage.name, run.history)
-        if ckpt.get("done") or run.epoch >= epochs:
-            return run.result()
-        _check_world(ckpt, ckpt_path, dist.world)
-        stage.load_state_dict(ckpt["state"])
-        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        restore_rng(rngs[dist.rank] if len(rngs) > dist.rank else rngs[0])
+    if resume and _resumed(run, stage, epochs, ckpt_path, fingerprint, log, dist):
+        return run.result()
 
     def save(done: bool) -> None:
-        rngs = dist.gather(capture_rng())
-        if dist.is_main:
-            save_atomic({**run.record(stage, epochs, done, fingerprint, dist.world), "rng": rngs[0],
-                         "rng_ranks": rngs if dist.enabled else None}, ckpt_path)
+        _save(run, stage, epochs, done, fingerprint, ckpt_path, dist)
 
     t0 = time.perf_counter()
     bar = tqdm(total=epochs, initial=run.epoch, desc=stage.name, disable=not (progress and dist.is_main),
                leave=False, unit="ep")
     for epoch in range(run.epoch, epochs):
         stage.train_mode()
-        batches = iter(stage.batches(epoch))
-        for _ in range(run.step):  # mid-epoch resume: replay the seeded order up to where it stopped
-            next(batches)
-        if prefetch_batches > 0:
-            batches = prefetch(batches, prefetch_batches)
-        for batch in batches:
+        for batch in _epoch_batches(stage, epoch, run.step, prefetch_batches):
             out = stage.train_step(batch)
             for key, value in out.items():
                 run.sums[key] = run.sums[key] + value.detach() if key in run.sums else value.detach().clone()
@@ -331,6 +216,46 @@ def fit(
     bar.close()
     run.clock(t0)
     return run.result()
+
+
+def _resumed(run: "_FitState", stage: Stage, epochs: int, ckpt_path: Path, fingerprint: str | None,
+             log: MetricsLog, dist: "Dist") -> bool:
+    """Load the stage's checkpoint (if any) into ``run`` and ``stage``; True when the stage is already finished."""
+    ckpt = load_stage_checkpoint(ckpt_path, stage.name, fingerprint)
+    if ckpt is None:
+        return False
+    run.load(ckpt)
+    log.catch_up(stage.name, run.history)
+    if ckpt.get("done") or run.epoch >= epochs:
+        return True
+    _check_world(ckpt, ckpt_path, dist.world)
+    stage.load_state_dict(ckpt["state"])
+    rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    restore_rng(rngs[dist.rank] if len(rngs) > dist.rank else rngs[0])
+    return False
+
+
+def _save(run: "_FitState", stage: Stage, epochs: int, done: bool, fingerprint: str | None, ckpt_path: Path,
+          dist: "Dist") -> None:
+    """The stage checkpoint (every rank's RNG states; rank 0 writes)."""
+    from augkd_edge.torch_files import save_atomic
+
+    rngs = dist.gather(capture_rng())
+    if dist.is_main:
+        save_atomic({**run.record(stage, epochs, done, fingerprint, dist.world), "rng": rngs[0],
+                     "rng_ranks": rngs if dist.enabled else None}, ckpt_path)
+
+
+def _epoch_batches(stage: Stage, epoch: int, skip: int, prefetch_batches: int) -> Iterator[Any]:
+    """The epoch's batches after the first ``skip`` (a mid-epoch resume replays the seeded order up to there)."""
+    batches = iter(stage.batches(epoch))
+    for _ in range(skip):
+        next(batches)
+    if prefetch_batches > 0:
+        from augkd_edge.device import prefetch
+
+        batches = prefetch(batches, prefetch_batches)
+    return batches
 
 
 class _FitState:
@@ -419,75 +344,6 @@ def _check_world(ckpt: dict[str, Any], path: Path, world: int) -> None:
             f"{path}: this stage was interrupted in a run with {written} process(es), this run has {world}; "
             f"resume with the same count (torchrun --nproc-per-node {written}) or use a new --out."
         )
-
-
-def prefetch(batches: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Produce ``batches`` in a background thread, ``depth`` ahead, in the same order.
-
-    One producer keeps the order (and the seeded augmentation) exactly as
-    without prefetching; an exception in the producer is re-raised here.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in batches:
-                if stop.is_set():
-                    return
-                q.put((True, item))
-            q.put((True, done))
-        except BaseException as exc:  # handed to the consumer
-            q.put((False, exc))
-
-    thread = threading.Thread(target=produce, daemon=True, name="augkd-prefetch")
-    thread.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
-
-
-def prefetch_depth(device: "torch.device") -> int:
-    """Batches to prepare ahead for ``fit``: 2 when a GPU would otherwise wait, none on CPU.
-
-    On a CPU the producer thread would only compete with training for the same cores.
-    """
-    return 2 if device.type == "cuda" else 0
-
-
-def set_deterministic(enabled: bool = True) -> None:
-    """Deterministic kernels (``--deterministic``): same inputs, same bits, at some speed cost.
-
-    CUDA's cuBLAS needs its workspace config set before the first matmul;
-    cuDNN's autotuner is turned off because it may pick different algorithms
-    in different processes.
-    """
-    import os
-
-    import torch
-
-    if not enabled:
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 def _detached(state: dict[str, Any]) -> dict[str, Any]:

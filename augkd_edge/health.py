@@ -65,7 +65,7 @@ def module_health(
     certainty on the raw student images: a generator that draws the teacher's
     domain should leave the teacher at least as sure as a foreign domain does.
     """
-    from augkd_edge.engine import predict_logits
+    from augkd_edge.evaluate import predict_logits
     from augkd_edge.losses import energy
 
     out: dict[str, Any] = {"generator": None, "reconstruction": None, "anchor": None}

@@ -1,4 +1,4 @@
-"""Every loss of AuG-KD (METHOD.md), each a small function, in one place.
+"""Every loss of AuG-KD (docs/method.md), each a small function, in one place.
 
 Module 1 (data-free): :func:`generator_loss` (adversarial, teacher-argmax CE,
 class balance, :class:`BNStatsHook`), :func:`student_kl`, :func:`encoder_loss`.
@@ -64,8 +64,9 @@ class BNStatsHook(AbstractContextManager["BNStatsHook"]):
     Inside the ``with`` block each forward of the model records, per BN layer,
     ||mu_batch - running_mean||_2 + ||var_batch - running_var||_2 of the layer's
     input; :meth:`loss` sums them. The hooks are removed on exit, also on an
-    exception: hooks left behind (defect 5 of the reference code) would keep
-    computing and holding graphs on every later teacher forward.
+    exception: hooks left behind (as in the public code: docs/method.md, "What
+    differs from the authors' public code", 5) would keep computing and holding
+    graphs on every later teacher forward.
     """
 
     def __init__(self, model: nn.Module):
@@ -254,9 +255,9 @@ def mixup_distill_loss(
 ) -> torch.Tensor:
     """u * CE(S, y) + (1 - u) * tau^2 * KL(softmax(T/tau) || softmax(S/tau)), batch mean.
 
-    ``teacher_logits`` must come from the teacher (defect 1 of the reference
-    code took them from the student, making the KD term zero); they carry no
-    gradient. ``u`` may be per sample.
+    ``teacher_logits`` must come from the teacher (the public code took them from
+    the student, making the KD term zero: docs/method.md, "What differs from the
+    authors' public code", 1); they carry no gradient. ``u`` may be per sample.
     """
     from augkd_edge.kernels import distill_loss
 

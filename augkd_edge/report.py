@@ -172,6 +172,22 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
+def write_uncertainty(path: Path, energy, labels, preds, indices, classes) -> None:  # type: ignore[no-untyped-def]
+    """uncertainty.json: the teacher's energy and prediction per labelled student-domain training image."""
+    write_json(
+        {
+            "schema": 1,
+            "what": "teacher energy -logsumexp(logits) per labelled student-domain training image (low = certain)",
+            "classes": list(classes),
+            "samples": [
+                {"index": int(i), "label": int(lab), "teacher_pred": int(p), "energy": round(float(e), 5)}
+                for i, lab, p, e in zip(indices, labels.tolist(), preds.tolist(), energy.tolist())
+            ],
+        },
+        path,
+    )
+
+
 def _one_per_class(labels: "torch.Tensor", per_class: int = 1) -> "torch.Tensor":
     import torch
 
@@ -197,7 +213,7 @@ def generated_views(
     """
     import torch
 
-    from augkd_edge.kernels import latent_mix
+    from augkd_edge.method.mixup import mixup_images, mixup_latent
 
     out: dict[str, torch.Tensor] = {}
     if generator is None:
@@ -216,17 +232,9 @@ def generated_views(
         rows = [x, generator(mu)]
         if anchor is not None:
             anchor.eval()
-            psi, m = anchor.components(mu, y)
-            z_a, _ = latent_mix(mu, psi, m, 0.0)
-            rows.append(generator(z_a))
+            rows.append(generator(mixup_latent(mu, y, anchor, 0.0)))  # f = 0: the anchor z_a
         out["anchors"] = torch.cat(rows).cpu()
-        columns = []
-        for f in factors:
-            if anchor is not None:
-                _, z_m = latent_mix(mu, psi, m, f)
-            else:
-                z_m = mu
-            columns.append((1 - f) * generator(z_m) + f * x)
+        columns = [mixup_images(x, y, f, generator, encoder, anchor) for f in factors]
         # one row per class, one column per f
         out["mixup"] = torch.stack(columns, dim=1).flatten(0, 1).cpu()
     return out
@@ -260,7 +268,6 @@ def write_run_report(
 ) -> Path:
     """report.md with the accuracy table, pictures, curves and the teacher-energy view."""
     from augkd_edge.checkpoint import write_text_atomic
-    from augkd_edge.config import METHODS
 
     out_dir = Path(out_dir)
     img = out_dir / "images"
@@ -268,8 +275,27 @@ def write_run_report(
     factors = (0.2, 0.4, 0.6, 0.8, 1.0)
     views = generated_views(train_x, train_y, generator=generator, encoder=encoder, anchor=anchor,
                             latent_dim=cfg.data_free.latent_dim, factors=factors)
+    lines = _summary_lines(results, cfg)
+    if len(train_y):
+        student_samples(train_x, train_y, img / "student_samples.png")
+        lines += ["## The student domain", "", f"Labelled training images of `{results['student_data']}`, one row "
+                  "per class.", "", "![student samples](images/student_samples.png)", ""]
+    lines += _module_views(views, img, results, anchor is not None, factors)
+    if plot_curves(history, img / "curves.png") is not None:
+        lines += ["## Curves", "", "![curves](images/curves.png)", ""]
+    unc_path = out_dir / "uncertainty.json"
+    if unc_path.exists():
+        unc = json.loads(unc_path.read_text())["samples"]
+        summary = energy_summary([s["energy"] for s in unc], [s["label"] for s in unc],
+                                 [s["teacher_pred"] for s in unc], classes)
+        lines += energy_markdown(summary)
+    return write_text_atomic("\n".join(lines) + "\n", out_dir / "report.md")
+
+
+def _summary_lines(results: dict[str, Any], cfg: Any) -> list[str]:
+    """The report's head: what ran, the accuracy table, initialisation and wall times."""
     t = results["teacher"]
-    lines = [
+    return [
         f"# augkd-edge distill: `{results['method']}`, seed {results['seed']}",
         "",
         f"Teacher `{results['teacher_arch']}` ({results['teacher_file'] or results['teacher_data']}) -> student "
@@ -289,20 +315,24 @@ def write_run_report(
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_wall_s"].items()) + ".",
         "",
     ]
-    if len(train_y):
-        student_samples(train_x, train_y, img / "student_samples.png")
-        lines += ["## The student domain", "", f"Labelled training images of `{results['student_data']}`, one row "
-                  "per class.", "", "![student samples](images/student_samples.png)", ""]
+
+
+def _module_views(views: dict[str, Any], img: Path, results: dict[str, Any], has_anchor: bool,
+                  factors: Sequence[float]) -> list[str]:
+    """The pictures of Modules 1-3 (saved under ``img``) and the health table, as report lines."""
+    from augkd_edge.config import METHODS
+
+    lines: list[str] = []
     if "generator" in views:
         save_grid(views["generator"], img / "generator.png", nrow=10)
         lines += ["## Module 1: what the generator draws for the teacher", "", "![generator](images/generator.png)", ""]
     if "anchors" in views:
-        save_grid(views["anchors"], img / "anchors.png", nrow=len(views["anchors"]) // (3 if anchor is not None else 2))
+        save_grid(views["anchors"], img / "anchors.png", nrow=len(views["anchors"]) // (3 if has_anchor else 2))
         lines += [
             "## Module 2: student images and their anchors",
             "",
             "Rows: student-domain image x (one per class); its reconstruction G(E(x, y)); "
-            + ("its anchor G(A(E(x, y), y)) in the teacher's domain." if anchor is not None else "(no AnchorNet in this method)."),
+            + ("its anchor G(A(E(x, y), y)) in the teacher's domain." if has_anchor else "(no AnchorNet in this method)."),
             "",
             "![anchors](images/anchors.png)",
             "",
@@ -319,15 +349,7 @@ def write_run_report(
             "![mixup](images/mixup.png)",
             "",
         ]
-    if plot_curves(history, img / "curves.png") is not None:
-        lines += ["## Curves", "", "![curves](images/curves.png)", ""]
-    unc_path = out_dir / "uncertainty.json"
-    if unc_path.exists():
-        unc = json.loads(unc_path.read_text())["samples"]
-        summary = energy_summary([s["energy"] for s in unc], [s["label"] for s in unc],
-                                 [s["teacher_pred"] for s in unc], classes)
-        lines += energy_markdown(summary)
-    return write_text_atomic("\n".join(lines) + "\n", out_dir / "report.md")
+    return lines
 
 
 def student_samples(images: "torch.Tensor", labels: "torch.Tensor", path: str | Path, *, per_class: int = 8) -> Path:

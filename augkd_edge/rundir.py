@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
+    from augkd_edge.data import Domain
     from augkd_edge.models.loading import ModelMeta
 
 MODEL_FILENAMES = ("student.pt", "teacher.pt")
@@ -71,3 +72,27 @@ def split_arrays(meta: "ModelMeta", split: str) -> tuple["np.ndarray", "np.ndarr
     images = domain.images[idx].numpy().astype(np.float32, copy=False)
     labels = domain.labels[idx].numpy().astype(np.int64, copy=False)
     return images, labels
+
+
+def save_trained_model(path: Path, model: "nn.Module", *, arch: str, domain: "Domain", data: str, input_size: int,
+                       splits: dict, **extra: object) -> None:
+    """Save a model trained here as an augkd-edge model file, with what :func:`split_arrays` reads back.
+
+    ``meta.extra`` records the data spec, the split indices and the data's
+    fingerprint (so a later export or bench rebuilds exactly these splits), plus
+    ``extra`` (role, method, seed, ...).
+    """
+    from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, file_fingerprint
+    from augkd_edge.models.loading import ModelMeta, save_model_file
+
+    meta = ModelMeta(
+        arch=arch,
+        num_classes=len(domain.classes),
+        class_names=list(domain.classes),
+        input_size=input_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        extra={**extra, "data": data, "splits": {k: [int(i) for i in v] for k, v in splits.items()},
+               "data_fingerprint": file_fingerprint(domain)},
+    )
+    save_model_file(path, model, meta)

@@ -3,9 +3,9 @@
     python benchmarks/accuracy.py                       # all methods, seeds 0-4, MNIST -> optdigits, quick preset
     python benchmarks/accuracy.py --seeds 0,1 --methods augkd,kd --set mixup.epochs=40
 
-Per seed the teacher (cached by config), Module 1 (shared by augkd, dfkd,
-dfkd-finetune, no-anchor, no-mixup) and Module 2 (augkd, no-mixup) are trained
-once and reused through the pipeline's ``shared_dir``, also across settings
+Per seed the teacher (cached by config), Module 1 and Module 2 (shared by the
+methods that use them, ``config.METHODS``) are trained once and reused through
+``augkd_edge.distill``'s ``shared_dir``, also across settings
 that differ only in Module 3 options (e.g. a sweep of u). Every method of
 a seed starts from the same student initialisation and uses the same splits.
 Selection is on the eval split only; the test split is reported.
@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from augkd_edge.config import METHODS, DistillConfig
-from augkd_edge.pipeline import run_distill
+import augkd_edge
+from augkd_edge.config import METHODS
 from augkd_edge.report import write_json
 
 DEFAULT_SETTINGS = {
@@ -239,7 +239,7 @@ def merge(paths: list[str], out_dir: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
@@ -258,14 +258,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", metavar="ACCURACY_JSON",
                         help="only combine the settings of these accuracy.json files (e.g. from runs made in "
                              "parallel) into --out")
+    return parser
+
+
+def run_setting(name: str, overrides: dict[str, Any], methods: list[str], seeds: list[int],
+                args: argparse.Namespace) -> dict[str, Any]:
+    """Every method x seed of one setting (finished runs are read back, unfinished ones resume)."""
+    per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    teacher_test, teacher_own = [], None
+    for seed in seeds:
+        base = Path(args.work) / name.replace(">", "").replace(" ", "_") / f"seed{seed}"
+        shared = Path(args.work) / "shared" / f"{_shared_key(overrides, args.preset)}-seed{seed}"
+        for method in methods:
+            out = base / method
+            if (out / "results.json").exists():
+                res = json.loads((out / "results.json").read_text())
+            else:
+                print(f"[{name}] seed {seed} {method}", flush=True)
+                # resume an interrupted run; a folder without one starts fresh (resume of nothing is refused)
+                res = augkd_edge.distill(
+                    _merge(overrides, {"preset": args.preset, "method": method, "seed": seed, "device": args.device}),
+                    out, resume=(out / "config.json").exists(), cache_dir=args.cache_dir, shared_dir=shared,
+                    progress=sys.stderr.isatty())
+            per_method[method].append({
+                "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
+                "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
+                **health_row(res),
+            })
+            teacher_own = (res["teacher"]["own_eval"] or {}).get("top1", teacher_own)
+        teacher_test.append(res["teacher"]["student_test"]["top1"])
+    return {
+        "name": name,
+        "config": overrides,
+        "methods": summarise(per_method),
+        "teacher": {"top1_on_student_test": sum(teacher_test) / len(teacher_test), "own_eval_top1": teacher_own},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, Path(args.out))
-
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if Path(args.settings).is_file():
         settings = json.loads(Path(args.settings).read_text())
@@ -279,38 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
                               "note": args.note, "settings": []}
     for name, setting in settings.items():
-        overrides = _merge(setting, extra)
-        per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-        teacher_test, teacher_own = [], None
-        for seed in seeds:
-            base = Path(args.work) / name.replace(">", "").replace(" ", "_") / f"seed{seed}"
-            shared = Path(args.work) / "shared" / f"{_shared_key(overrides, args.preset)}-seed{seed}"
-            for method in methods:
-                cfg = DistillConfig.from_dict(
-                    _merge(overrides, {"preset": args.preset, "method": method, "seed": seed, "device": args.device})
-                )
-                out = base / method
-                if (out / "results.json").exists():
-                    res = json.loads((out / "results.json").read_text())
-                else:
-                    print(f"[{name}] seed {seed} {method}", flush=True)
-                    cfg.out = str(out)
-                    # resume an interrupted run; a folder without one starts fresh (resume of nothing is refused)
-                    res = run_distill(cfg, out, resume=(out / "config.json").exists(), cache_dir=Path(args.cache_dir),
-                                      shared_dir=shared, progress=sys.stderr.isatty())
-                per_method[method].append({
-                    "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
-                    "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
-                    **health_row(res),
-                })
-                teacher_own = (res["teacher"]["own_eval"] or {}).get("top1", teacher_own)
-            teacher_test.append(res["teacher"]["student_test"]["top1"])
-        result["settings"].append({
-            "name": name,
-            "config": overrides,
-            "methods": summarise(per_method),
-            "teacher": {"top1_on_student_test": sum(teacher_test) / len(teacher_test), "own_eval_top1": teacher_own},
-        })
+        result["settings"].append(run_setting(name, _merge(setting, extra), methods, seeds, args))
         result["wall_s"] = time.perf_counter() - t0
         result["eval_selected"] = eval_selected(result["settings"])
         out_dir = Path(args.out)

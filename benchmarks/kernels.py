@@ -1,11 +1,8 @@
 """Fused Triton kernels vs eager PyTorch vs torch.compile, and one Module 3 step with kernels on/off.
 
-Usage (GPU)::
-
-    python benchmarks/kernels.py [--batches 2048,128] [--dtypes fp32,bf16] [--classes 31,1000]
-                                 [--peak-gbs 3000] [--no-compile] [--out benchmarks/results]
-
-writes ``kernels-<gpu>.json`` and ``.md`` under ``--out``. For every op it reports
+Usage (GPU): ``python benchmarks/kernels.py [--batches 2048,128] [--dtypes fp32,bf16] [--classes 31,1000]
+[--peak-gbs 3000] [--no-compile] [--out benchmarks/results]`` writes ``kernels-<gpu>.json`` and ``.md``
+under ``--out``. For every op it reports
 the median time (``triton.testing.do_bench``), the speed-up of the fused kernel
 over eager and over ``torch.compile`` of the same reference, and the achieved
 bandwidth: the bytes the op must move at least (inputs read once, outputs written
@@ -85,10 +82,6 @@ def measure(fn: Callable[[], Any], cuda: bool, warmup: int, rep: int) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _as_tuple(out: Any) -> tuple[Any, ...]:
-    return out if isinstance(out, tuple) else (out,)
-
-
 def _runner(fn: Callable[..., Any], inputs: Sequence[Any], backward: bool) -> Callable[[], Any]:
     """Call ``fn(*inputs)``; with ``backward``, also the gradients w.r.t. the inputs that require grad.
 
@@ -104,13 +97,17 @@ def _runner(fn: Callable[..., Any], inputs: Sequence[Any], backward: bool) -> Ca
 
         return forward_only
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    grads_out = [torch.ones_like(o) for o in _as_tuple(fn(*inputs))]
+    grads_out = [torch.ones_like(o) for o in _tuple(fn(*inputs))]
 
     def forward_backward() -> Any:
-        outs = _as_tuple(fn(*inputs))
+        outs = _tuple(fn(*inputs))
         return outs + torch.autograd.grad(outs, leaves, grads_out)
 
     return forward_backward
+
+
+def _tuple(out: Any) -> tuple[Any, ...]:
+    return out if isinstance(out, tuple) else (out,)
 
 
 def _with_backend(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -126,12 +123,6 @@ def _with_backend(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
 def build_cases(batches: list[int], dtypes: list[str], classes: list[int], device: str, compile_backend: str | None) -> list[Case]:
     """The ops at the paper's batch sizes: latent [B, 100], images [B, 3, 32, 32], logits [B, K]."""
     import torch
-
-    from augkd_edge import kernels
-    from augkd_edge.kernels.distill_loss import distill_loss_reference
-    from augkd_edge.kernels.energy import energy_score_reference
-    from augkd_edge.kernels.latent_mix import latent_mix_reference
-    from augkd_edge.kernels.mix_normalize import mix_normalize_reference
 
     # Static shapes, one compiled graph per size and dtype (the fair baseline: what a
     # training loop with a fixed batch gets); lift the recompile cap so no case falls
@@ -149,54 +140,63 @@ def build_cases(batches: list[int], dtypes: list[str], classes: list[int], devic
             public: Callable[..., Any], reference: Callable[..., Any], inputs: Sequence[Any]) -> None:
         backward = mode == "fwd+bwd"
         ref_compiled = compiled(reference)
-        cases.append(Case(
-            op, mode, batch, shape, dtype, nbytes,
-            fused=_with_backend("triton", _runner(public, inputs, backward)),
-            eager=_runner(reference, inputs, backward),
-            compiled=None if ref_compiled is None else _runner(ref_compiled, inputs, backward),
-        ))
+        cases.append(Case(op, mode, batch, shape, dtype, nbytes,
+                          fused=_with_backend("triton", _runner(public, inputs, backward)),
+                          eager=_runner(reference, inputs, backward),
+                          compiled=None if ref_compiled is None else _runner(ref_compiled, inputs, backward)))
 
     for name in dtypes:
-        dt = getattr(torch, DTYPES[name])
-        size = torch.finfo(dt).bits // 8
         for b in batches:
-            z, psi, m = (torch.randn(b, LATENT, device=device, dtype=dt) for _ in range(3))
-            m = torch.sigmoid(m)
-            n = b * LATENT
-            add("latent_mix", "fwd", b, f"[{b},{LATENT}]", name, 5 * n * size,
-                lambda z_, p_, m_: kernels.latent_mix(z_, p_, m_, 0.3),
-                lambda z_, p_, m_: latent_mix_reference(z_, p_, m_, 0.3), (z, psi, m))
-            leaves = [t.clone().requires_grad_() for t in (z, psi, m)]
-            add("latent_mix", "fwd+bwd", b, f"[{b},{LATENT}]", name, 13 * n * size,
-                lambda z_, p_, m_: kernels.latent_mix(z_, p_, m_, 0.3),
-                lambda z_, p_, m_: latent_mix_reference(z_, p_, m_, 0.3), leaves)
-
-            x, g = (torch.rand(b, *IMAGE, device=device, dtype=dt) for _ in range(2))
-            # separate output buffers, or the correctness check would compare a buffer with itself
-            out_fused, out_ref = (torch.empty(2 * b, *IMAGE, device=device, dtype=dt) for _ in range(2))
-            mean_t = torch.tensor(MEAN, device=device)
-            std_t = torch.tensor(STD, device=device)
-            add("mix_normalize", "fwd", b, f"2x[{b},3,32,32]", name, 4 * x.numel() * size,
-                lambda x_, g_, o=out_fused: kernels.mix_normalize(x_, g_, 0.3, MEAN, STD, out=o),
-                lambda x_, g_, o=out_ref, mt=mean_t, st=std_t: mix_normalize_reference(x_, g_, 0.3, mt, st, o),
-                (x, g))
-
-            for k in classes:
-                logits = (torch.randn(b, k, device=device) * 4).to(dt).requires_grad_()
-                add("energy_score", "fwd+bwd", b, f"[{b},{k}]", name, 3 * b * k * size + 4 * b,
-                    kernels.energy_score, energy_score_reference, (logits,))
-                s = (torch.randn(b, k, device=device) * 4).to(dt).requires_grad_()
-                t = (torch.randn(b, k, device=device) * 4).to(dt)
-                y = torch.randint(0, k, (b,), device=device)
-                add("distill_loss", "fwd+bwd", b, f"[{b},{k}]", name, 3 * b * k * size + 8 * b,
-                    lambda s_, t_, y_: kernels.distill_loss(s_, t_, y_, 0.5, 10.0),
-                    lambda s_, t_, y_: distill_loss_reference(s_, t_, y_, 0.5, 10.0), (s, t, y))
+            _add_cases(add, b, name, device, classes)
     return cases
+
+
+def _add_cases(add: Callable[..., None], b: int, name: str, device: str, classes: list[int]) -> None:
+    """The cases of batch ``b`` and dtype ``name``: latent_mix, mix_normalize, and per class count the losses."""
+    import torch
+
+    from augkd_edge import kernels
+    from augkd_edge.kernels.distill_loss import distill_loss_reference
+    from augkd_edge.kernels.energy import energy_score_reference
+    from augkd_edge.kernels.latent_mix import latent_mix_reference
+    from augkd_edge.kernels.mix_normalize import mix_normalize_reference
+
+    dt = getattr(torch, DTYPES[name])
+    size = torch.finfo(dt).bits // 8
+    z, psi, m = (torch.randn(b, LATENT, device=device, dtype=dt) for _ in range(3))
+    m, n = torch.sigmoid(m), b * LATENT
+    add("latent_mix", "fwd", b, f"[{b},{LATENT}]", name, 5 * n * size,
+        lambda z_, p_, m_: kernels.latent_mix(z_, p_, m_, 0.3),
+        lambda z_, p_, m_: latent_mix_reference(z_, p_, m_, 0.3), (z, psi, m))
+    leaves = [t.clone().requires_grad_() for t in (z, psi, m)]
+    add("latent_mix", "fwd+bwd", b, f"[{b},{LATENT}]", name, 13 * n * size,
+        lambda z_, p_, m_: kernels.latent_mix(z_, p_, m_, 0.3),
+        lambda z_, p_, m_: latent_mix_reference(z_, p_, m_, 0.3), leaves)
+
+    x, g = (torch.rand(b, *IMAGE, device=device, dtype=dt) for _ in range(2))
+    # separate output buffers, or the correctness check would compare a buffer with itself
+    out_fused, out_ref = (torch.empty(2 * b, *IMAGE, device=device, dtype=dt) for _ in range(2))
+    mean_t, std_t = torch.tensor(MEAN, device=device), torch.tensor(STD, device=device)
+    add("mix_normalize", "fwd", b, f"2x[{b},3,32,32]", name, 4 * x.numel() * size,
+        lambda x_, g_, o=out_fused: kernels.mix_normalize(x_, g_, 0.3, MEAN, STD, out=o),
+        lambda x_, g_, o=out_ref, mt=mean_t, st=std_t: mix_normalize_reference(x_, g_, 0.3, mt, st, o),
+        (x, g))
+
+    for k in classes:
+        logits = (torch.randn(b, k, device=device) * 4).to(dt).requires_grad_()
+        add("energy_score", "fwd+bwd", b, f"[{b},{k}]", name, 3 * b * k * size + 4 * b,
+            kernels.energy_score, energy_score_reference, (logits,))
+        s = (torch.randn(b, k, device=device) * 4).to(dt).requires_grad_()
+        t = (torch.randn(b, k, device=device) * 4).to(dt)
+        y = torch.randint(0, k, (b,), device=device)
+        add("distill_loss", "fwd+bwd", b, f"[{b},{k}]", name, 3 * b * k * size + 8 * b,
+            lambda s_, t_, y_: kernels.distill_loss(s_, t_, y_, 0.5, 10.0),
+            lambda s_, t_, y_: distill_loss_reference(s_, t_, y_, 0.5, 10.0), (s, t, y))
 
 
 def max_difference(a: Any, b: Any) -> float:
     """Largest absolute difference over all outputs and gradients of two runs."""
-    return max(float((x.detach().float() - y.detach().float()).abs().max()) for x, y in zip(_as_tuple(a), _as_tuple(b)))
+    return max(float((x.detach().float() - y.detach().float()).abs().max()) for x, y in zip(_tuple(a), _tuple(b)))
 
 
 def run_case(case: Case, cuda: bool, peak: float | None, warmup: int, rep: int) -> None:
@@ -362,25 +362,13 @@ def main(batches: str, dtypes: str, classes: str, peak_gbs: float | None, no_com
         click.echo(f"{case.op:14s} {case.mode:8s} {case.shape:18s} {case.dtype}: fused {r['fused']['ms']:.4f} ms, "
                    f"x{r['speedup_vs_eager']:.2f} eager, x{_fmt(r.get('speedup_vs_compile'), '.2f')} compile, "
                    f"{r['fused']['gbs']:.1f} GB/s, diff {r['max_abs_diff']:.1e}")
-    steps = []
-    if not no_train_step:
-        for name in dtype_list:
-            steps.append(train_step_benchmark(step_batch, class_list[0], name, device, cuda, warmup, rep, teacher_arch))
-            click.echo(f"train step {name}: on {steps[-1]['kernels_on']['ms']:.2f} ms, "
-                       f"off {steps[-1]['kernels_off']['ms']:.2f} ms, x{steps[-1]['speedup']:.3f}")
+    steps = [] if no_train_step else _train_steps(dtype_list, step_batch, class_list[0], device, cuda, warmup, rep,
+                                                    teacher_arch)
     report = {
-        "schema": SCHEMA,
-        "device": device_name,
-        "dry_run": dry_run,
-        "peak_gbs": peak,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "timing": "triton.testing.do_bench median" if cuda else "perf_counter, one call",
-        "cases": [
-            {"op": c.op, "mode": c.mode, "batch": c.batch, "shape": c.shape, "dtype": c.dtype, "bytes": c.bytes,
-             "results": c.results}
-            for c in cases
-        ],
+        "schema": SCHEMA, "device": device_name, "dry_run": dry_run, "peak_gbs": peak, "torch": torch.__version__,
+        "triton": triton.__version__, "timing": "triton.testing.do_bench median" if cuda else "perf_counter, one call",
+        "cases": [{"op": c.op, "mode": c.mode, "batch": c.batch, "shape": c.shape, "dtype": c.dtype, "bytes": c.bytes,
+                   "results": c.results} for c in cases],
         "train_step": steps,
     }
     if out is None and dry_run:
@@ -392,6 +380,18 @@ def main(batches: str, dtypes: str, classes: str, peak_gbs: float | None, no_com
     write_text_atomic(json.dumps(report, indent=2) + "\n", folder / f"{stem}.json")
     write_text_atomic(to_markdown(report), folder / f"{stem}.md")
     click.echo(f"wrote {folder / stem}.json and .md")
+
+
+
+def _train_steps(dtypes: list[str], batch: int, classes: int, device: str, cuda: bool, warmup: int, rep: int,
+                 teacher_arch: str) -> list[dict[str, Any]]:
+    """One whole-training-step comparison (kernels on / off) per dtype."""
+    steps = []
+    for name in dtypes:
+        steps.append(train_step_benchmark(batch, classes, name, device, cuda, warmup, rep, teacher_arch))
+        click.echo(f"train step {name}: on {steps[-1]['kernels_on']['ms']:.2f} ms, "
+                   f"off {steps[-1]['kernels_off']['ms']:.2f} ms, x{steps[-1]['speedup']:.3f}")
+    return steps
 
 
 if __name__ == "__main__":

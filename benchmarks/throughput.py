@@ -5,7 +5,8 @@
 
 It drives the real stage classes (the same ``train_step`` the pipeline runs),
 with randomly initialised networks: throughput does not depend on the weights.
-Images per second are counted as METHOD.md counts them for the reference code:
+Images per second are counted as they were for the public code's figures (docs/decisions.md,
+"The public code's throughput"):
 
 - Module 1: generated images per second, one iteration = 1 generator step and
   k student/encoder steps, each on ``batch`` images: ``batch * (k + 1) / s``;
@@ -29,12 +30,8 @@ from typing import Any, Callable
 
 import torch
 
+import augkd_edge
 from augkd_edge.config import AMP_MODES, DistillConfig
-from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD
-from augkd_edge.method.anchor import AnchorStage
-from augkd_edge.method.common import make_augment, teacher_energies
-from augkd_edge.method.data_free import DataFreeStage
-from augkd_edge.method.mixup import build_mixup_stage
 from augkd_edge.models.anchornet import AnchorNet
 from augkd_edge.models.generative import Encoder, Generator
 from augkd_edge.models.zoo import build_classifier
@@ -95,20 +92,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     x = torch.rand(args.batch * 2, 3, size, size)
     y = torch.arange(args.batch * 2) % n_classes
-    common = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, amp=args.amp)
-    augment = make_augment("digits")
+    cfg.amp = args.amp
+    data = dict(images=x, labels=y, eval_images=x[:16], eval_labels=y[:16], augment="digits")
 
     teacher, student, gen, enc, _ = nets()
-    stage1 = DataFreeStage(teacher, student, gen, enc, cfg.data_free, **common)
+    stage1 = augkd_edge.training_stage("data_free", cfg, teacher=teacher, student=student, generator=gen, encoder=enc)
     teacher, _, gen, enc, anchor = nets()
     # the bounded anchor objective's margin: the pipeline measures the teacher's energy on its own
-    # domain; here the stand-in images serve (the step's cost does not depend on the value)
-    margin = float(teacher_energies(teacher, x[:64], IMAGENET_MEAN, IMAGENET_STD).mean())
-    stage2 = AnchorStage(teacher, gen, enc, anchor, x, y, x[:16], y[:16], cfg.anchor, augment=augment, margin=margin,
-                         **common)
+    # domain; here the stand-in images serve (the default; the step's cost does not depend on the value)
+    stage2 = augkd_edge.training_stage("anchor", cfg, teacher=teacher, generator=gen, encoder=enc, anchor=anchor,
+                                       **data)
     teacher, student, gen, enc, anchor = nets()
-    stage3 = build_mixup_stage("augkd", student, teacher, gen, enc, x, y, x[:16], y[:16], cfg.mixup, anchor=anchor,
-                               augment=augment, **common)
+    stage3 = augkd_edge.training_stage("mixup", cfg, teacher=teacher, student=student, generator=gen, encoder=enc,
+                                       anchor=anchor, **data)
     batches = {}
     for name, stage in (("data_free", stage1), ("anchor", stage2), ("mixup", stage3)):
         stage.train_mode()
@@ -250,7 +246,7 @@ def markdown(report: dict[str, Any]) -> str:
               "| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for stage, row in report["stages"].items():
         lines.append(f"| {stage} | " + " | ".join(f"{row['time_shares'][n]:.0%}" for n in names) + " |")
-    lines += ["", "Reference: the public AuG-KD code on the same 2-core CPU and configuration, float32 (METHOD.md); "
+    lines += ["", "Reference: the public AuG-KD code on the same 2-core CPU and configuration, float32 (docs/decisions.md); "
               "ratios are given only for that configuration."]
     return "\n".join(lines) + "\n"
 

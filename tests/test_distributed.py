@@ -133,7 +133,7 @@ def test_resume_with_another_process_count_is_refused(tmp_path: Path) -> None:
 
     from augkd_edge.engine import fit
     from augkd_edge.errors import UserError
-    from augkd_edge.method.common import StudentStage
+    from augkd_edge.student_stage import StudentStage
 
     student = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 4))
     stage = StudentStage("toy", student, torch.rand(8, 3, 8, 8), torch.arange(8) % 4, torch.rand(4, 3, 8, 8),

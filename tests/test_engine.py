@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from augkd_edge.checkpoint import load_safe
-from augkd_edge.engine import MetricsLog, TrainingDiverged, fit, topk_accuracy
+from augkd_edge.torch_files import load_safe
+from augkd_edge.engine import TrainingDiverged, fit
+from augkd_edge.evaluate import topk_accuracy
+from augkd_edge.metrics_log import MetricsLog
 from augkd_edge.errors import UserError
 
 
@@ -136,7 +138,7 @@ class SeededToy(ToyStage):
         self.crash_at, self.nan_at, self.steps, self.seen = crash_at, nan_at, 0, []
 
     def batches(self, epoch: int):
-        from augkd_edge.method.common import epoch_generator
+        from augkd_edge.batching import epoch_generator
 
         self.epochs_run.append(epoch)
         gen = epoch_generator(3, epoch)
@@ -201,7 +203,7 @@ def test_log_catches_up_an_epoch_lost_between_checkpoint_and_log_line(tmp_path: 
 
 
 def test_prefetch_keeps_order_and_reraises() -> None:
-    from augkd_edge.engine import prefetch
+    from augkd_edge.device import prefetch
 
     assert list(prefetch(iter(range(50)), 3)) == list(range(50))
 

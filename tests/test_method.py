@@ -1,9 +1,10 @@
 """The AuG-KD stages and baselines on tiny random data with real small models.
 
-What these guard: Module 3's teacher logits come from the teacher (the public
-reference code's defect 1), frozen nets get no gradient and no state change
-(defect 5), BN hooks are gone after the generator step, the mixup batch is
-the formula of METHOD.md, and every ``--method`` runs a few steps through the
+What these guard: Module 3's teacher logits come from the teacher (not the
+student, as in the public code: docs/method.md, "What differs from the authors'
+public code", 1), frozen nets get no gradient and no state change (ibid. 5), BN
+hooks are gone after the generator step, the mixup batch is the formula of
+docs/method.md ("Module 3"), and every ``--method`` runs a few steps through the
 engine's Stage protocol.
 """
 
@@ -19,7 +20,8 @@ from augkd_edge.config import DistillConfig
 from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from augkd_edge.method.anchor import AnchorStage
 from augkd_edge.method.baselines import build_baseline_stage
-from augkd_edge.method.common import make_augment, recompute_bn_stats, teacher_energies
+from augkd_edge.data import make_augment
+from augkd_edge.evaluate import recompute_bn_stats, teacher_energies
 from augkd_edge.method.data_free import DataFreeStage
 from augkd_edge.method.mixup import MixupStage, build_mixup_stage
 from augkd_edge.models.anchornet import AnchorNet

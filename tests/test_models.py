@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from augkd_edge.checkpoint import load_safe, save_atomic
+from augkd_edge.torch_files import load_safe, save_atomic
 from augkd_edge.errors import UserError
 from augkd_edge.models.loading import ModelMeta, load_model_file, load_teacher, save_model_file
 from augkd_edge.models.zoo import build_classifier
@@ -38,7 +38,7 @@ def test_build_classifier_heads_and_bn_momentum(arch: str) -> None:
     model = build_classifier(arch, 7)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
     momenta = {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
-    assert momenta == {0.1}, "MobileNetV3's BN momentum 0.01 must be raised (METHOD.md trap)"
+    assert momenta == {0.1}, "MobileNetV3's BN momentum 0.01 must be raised (docs/method.md, Module 3)"
 
 
 def test_unknown_arch_is_user_error() -> None:
@@ -93,7 +93,7 @@ def test_teacher_state_dict_needs_arch_and_matching_classes(tmp_path: Path) -> N
 
 def test_teacher_torchscript_and_export_archives(tmp_path: Path) -> None:
     """Called at batch sizes other than the export's (2) and the probe's, as the training stack does."""
-    from augkd_edge.method.common import freeze
+    from augkd_edge.models.setup import freeze
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
     ts = tmp_path / "t.ts"

@@ -158,12 +158,8 @@ def _latest_run(root: Path) -> Path | None:
               help="Where trained teachers are cached, keyed by their configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_hyperparameter_options
-def command(teacher_file: str | None, student_weights: str | None, teacher_weights: str | None,
-            teacher_arch: str | None, student_arch: str | None, teacher_data: str | None,
-            student_data: str | None, shots: int | None, eval_per_class: int | None, preset: str, method: str | None,
-            seed: int | None, input_size: int | None, device: str | None, amp: str | None,
-            checkpoint_every: int, deterministic: bool, config_file: str | None, out_dir: str | None,
-            resume: bool, cache_dir: str, quiet: bool, **hyper: Any) -> None:
+def command(preset: str, checkpoint_every: int, deterministic: bool, config_file: str | None, out_dir: str | None,
+            resume: bool, cache_dir: str, quiet: bool, **options: Any) -> None:
     """Distill a student for the target domain from a teacher trained elsewhere (AuG-KD).
 
     With no arguments: a real cross-domain benchmark shipped with the
@@ -174,11 +170,32 @@ def command(teacher_file: str | None, student_weights: str | None, teacher_weigh
 
     Several GPUs (or CPU processes): torchrun --nproc-per-node N -m augkd_edge.cli distill ... --out DIR
     """
+    from augkd_edge import distributed
+    from augkd_edge.device import set_deterministic
+    from augkd_edge.pipeline import run_distill
+
+    cfg = _config(config_file, preset, options)
+    out = _run_folder(out_dir, resume)
+    cfg.out = str(out)
+    set_deterministic(deterministic)
+    with distributed.session(distributed.device_for(cfg.device)) as dist:
+        results = run_distill(cfg, out, resume=resume, progress=not quiet, cache_dir=Path(cache_dir).expanduser(),
+                              echo=click.echo, checkpoint_every=checkpoint_every)
+    if dist.is_main:
+        _print_table(results)
+        click.echo(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}  student: {out / 'student.pt'}")
+
+
+def _config(config_file: str | None, preset: str, options: dict[str, Any]) -> Any:
+    """The run's DistillConfig: the preset, or the --config file, then the flags actually given.
+
+    ``options``: the config flags by destination, ``field`` for top-level ones and
+    ``section__field`` for the hyperparameter flags.
+    """
     import json
 
     from augkd_edge.config import DistillConfig
     from augkd_edge.errors import UserError
-    from augkd_edge.pipeline import run_distill
 
     data: dict[str, Any] = {"preset": preset}
     if config_file:
@@ -189,22 +206,24 @@ def command(teacher_file: str | None, student_weights: str | None, teacher_weigh
         data.pop("out", None)
         if preset != "quick":
             data["preset"] = preset
-    top = {"teacher_file": teacher_file, "teacher_arch": teacher_arch, "student_arch": student_arch,
-           "teacher_data": teacher_data, "student_data": student_data, "shots": shots,
-           "eval_per_class": eval_per_class, "input_size": input_size, "method": method, "seed": seed,
-           "device": device, "amp": amp, "student_weights": student_weights, "teacher_weights": teacher_weights}
     # Only flags actually given override --config; unset ones fall back to the file, then the preset.
-    data.update({k: v for k, v in top.items() if v is not None})
-    for key, value in hyper.items():
-        if value is not None:
-            section, field = key.split("__")
-            if key == "teacher__max_images" and value == 0:
-                value = None
-            data.setdefault(section, {})[field] = value
-    cfg = DistillConfig.from_dict(data, source=config_file or "command line")
+    for key, value in options.items():
+        if value is None:
+            continue
+        if "__" not in key:
+            data[key] = value
+            continue
+        section, field = key.split("__")
+        if key == "teacher__max_images" and value == 0:
+            value = None
+        data.setdefault(section, {})[field] = value
+    return DistillConfig.from_dict(data, source=config_file or "command line")
 
+
+def _run_folder(out_dir: str | None, resume: bool) -> Path:
+    """--out, or the newest run under runs/ for a bare --resume, or a new dated folder there."""
     from augkd_edge import distributed
-    from augkd_edge.engine import set_deterministic
+    from augkd_edge.errors import UserError
 
     runs_root = Path("runs")
     if distributed.launched_by_torchrun() and out_dir is None:
@@ -213,18 +232,8 @@ def command(teacher_file: str | None, student_weights: str | None, teacher_weigh
         latest = _latest_run(runs_root)
         if latest is None:
             raise UserError("--resume: no run found under runs/; give --out RUN_FOLDER.")
-        out = latest
-    else:
-        out = Path(out_dir) if out_dir else runs_root / time.strftime("distill-%Y%m%d-%H%M%S")
-    cfg.out = str(out)
-
-    set_deterministic(deterministic)
-    with distributed.session(distributed.device_for(cfg.device)) as dist:
-        results = run_distill(cfg, out, resume=resume, progress=not quiet, cache_dir=Path(cache_dir).expanduser(),
-                              echo=click.echo, checkpoint_every=checkpoint_every)
-    if dist.is_main:
-        _print_table(results)
-        click.echo(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}  student: {out / 'student.pt'}")
+        return latest
+    return Path(out_dir) if out_dir else runs_root / time.strftime("distill-%Y%m%d-%H%M%S")
 
 
 def _print_table(results: dict[str, Any]) -> None:

@@ -51,7 +51,7 @@ def command(data_spec: str, arch: str, epochs: int, batch_size: int, lr: float, 
     from augkd_edge import distributed
     from augkd_edge.checkpoint import check_writable_dir
     from augkd_edge.data import check_same_classes, load_domain
-    from augkd_edge.engine import set_deterministic
+    from augkd_edge.device import set_deterministic
     from augkd_edge.teacher import train_teacher
 
     settings = TeacherSettings(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -8,7 +8,7 @@ into training input. Modules: ``domain`` (specs, unions, cache), ``digits`` and
 (ImageFolder loading and its bad-data rules), ``splits``, ``augment``.
 """
 
-from augkd_edge.data.augment import augment, normalize
+from augkd_edge.data.augment import Augment, augment, make_augment, normalize
 from augkd_edge.data.domain import Domain, check_fingerprint, check_same_classes, file_fingerprint, load_domain
 from augkd_edge.data.folder import BadImageWarning
 from augkd_edge.data.splits import load_splits, save_splits, student_split, teacher_split
@@ -17,6 +17,7 @@ from augkd_edge.models.loading import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Augment",
     "BadImageWarning",
     "Domain",
     "augment",
@@ -25,6 +26,7 @@ __all__ = [
     "file_fingerprint",
     "load_domain",
     "load_splits",
+    "make_augment",
     "normalize",
     "save_splits",
     "student_split",

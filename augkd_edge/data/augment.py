@@ -11,10 +11,13 @@ dominate a CPU run. Apply :func:`augment` to images in [0, 1] before
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+# ``augment(images, generator) -> images``, e.g. ``make_augment("digits")``.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 KINDS = ("digits", "natural")
 PADDING = 4
@@ -52,3 +55,12 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator | None = None
     batch = torch.arange(b, device=x.device)[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def make_augment(kind: str) -> Augment:
+    """The data module's train-time augmentation for a domain kind, as a stage callable."""
+
+    def run(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment(x, kind, generator)
+
+    return run

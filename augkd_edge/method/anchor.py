@@ -2,7 +2,7 @@
 
 Each labelled student-domain image x_s is mapped to an *anchor*: a latent that
 keeps its class-invariant part and rewrites the domain-specific rest so that
-the teacher is certain about the generated image (METHOD.md)::
+the teacher is certain about the generated image (docs/method.md, "Module 2")::
 
     z = E(x_s, y)                            (E frozen, eval mode: z = mu)
     z_a, m = A(z, y)                         (z_a = m * psi(m * z) + (1 - m) * z)
@@ -28,28 +28,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from augkd_edge.batching import chunks, epoch_generator, labelled_batches, weighted
 from augkd_edge.config import AnchorConfig
-from augkd_edge.data import normalize
+from augkd_edge.data import Augment, normalize
 from augkd_edge.distributed import current
+from augkd_edge.engine import NamedState
 from augkd_edge.losses import anchor_loss, encoder_adaptation_loss
-from augkd_edge.method.common import (
-    Augment,
-    channels_last_on_cpu,
-    chunks,
-    epoch_generator,
-    freeze,
-    labelled_batches,
-    weighted,
-)
 from augkd_edge.models.anchornet import AnchorNet
 from augkd_edge.models.fold import folded_copy
+from augkd_edge.models.setup import channels_last_on_cpu, freeze
 from augkd_edge.precision import Precision
 
 
-class AnchorStage:
+class AnchorStage(NamedState):
     """Module 2 as an engine stage; one batch = labelled student-domain images."""
 
     name = "anchor"
+    best = ("anchor", "encoder")
 
     def __init__(
         self,
@@ -171,22 +166,6 @@ class AnchorStage:
         out["select"] = out["eval_loss"]
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "anchor": self.anchor.state_dict(),
-            "encoder": self.encoder.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.precision.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.anchor.load_state_dict(state["anchor"])
-        if "encoder" in state:
-            self.encoder.load_state_dict(state["encoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.precision.load_state_dict(state.get("scaler", {}))
-
-    def best_state(self) -> dict[str, Any]:
-        return {"anchor": self.anchor.state_dict(), "encoder": self.encoder.state_dict()}
+    def parts(self) -> dict[str, Any]:
+        return {"anchor": self.anchor, "encoder": self.encoder, "optimizer": self.optimizer,
+                "scheduler": self.scheduler, "scaler": self.precision}

@@ -7,7 +7,7 @@
   ``student``) fine-tuned with CE on the student domain;
 - ``dfkd``: the Module 1 student evaluated as is; it trains nothing, so it has no stage.
 
-All are :class:`~augkd_edge.method.common.StudentStage` with Module 3's
+All are :class:`~augkd_edge.student_stage.StudentStage` with Module 3's
 recipe (``MixupConfig``: epochs, lr, weight decay, batch size, u, tau, BN
 recompute), so a difference in results comes from the method, not the recipe.
 """
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from augkd_edge.config import METHODS, MixupConfig
-from augkd_edge.method.common import Augment, StudentStage, recipe
+from augkd_edge.data import Augment
+from augkd_edge.student_stage import StudentStage, recipe
 
 
 def build_baseline_stage(
@@ -46,19 +47,6 @@ def build_baseline_stage(
         raise ValueError(f"{method!r} has no baseline stage; use one of {', '.join(names)}")
     if spec.kd and teacher is None:
         raise ValueError(f"the {method} baseline needs the teacher")
-    return StudentStage(
-        spec.stage_name,
-        student,
-        train_x,
-        train_y,
-        eval_x,
-        eval_y,
-        mean=mean,
-        std=std,
-        seed=seed,
-        augment=augment,
-        teacher=teacher if spec.kd else None,
-        u=cfg.u if spec.kd else 1.0,
-        amp=amp,
-        **recipe(cfg),
-    )
+    return StudentStage(spec.stage_name, student, train_x, train_y, eval_x, eval_y, mean=mean, std=std, seed=seed,
+                        augment=augment, teacher=teacher if spec.kd else None, u=cfg.u if spec.kd else 1.0, amp=amp,
+                        **recipe(cfg))

@@ -1,7 +1,7 @@
 """Module 1 of AuG-KD: data-free learning of the generator, the encoder and a student warm-up.
 
 No teacher-domain data exists, so G learns from the teacher alone to make
-images that look like D_t to it. Per iteration (METHOD.md):
+images that look like D_t to it. Per iteration (docs/method.md, "Module 1"):
 
 1. one generator step on z ~ N(0, I), x = G(z)::
 
@@ -14,7 +14,7 @@ images that look like D_t to it. Per iteration (METHOD.md):
        L_S = KL(T(x) || S(x)) at temperature 1           (losses.student_kl)
        L_E = ||E(x, argmax T(x)) - z||^2 + 2.5e-4 * KL(N(mu, sigma^2) || N(0, I))   (losses.encoder_loss)
 
-Design choices beyond METHOD.md:
+Design choices beyond the paper (docs/method.md, "Module 1"):
 
 - the images of step 2 come from G in eval mode: Modules 2 and 3 use G frozen
   in eval mode, so E learns to invert exactly the G it will be used with;
@@ -33,19 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from augkd_edge.batching import chunks, epoch_generator, weighted
 from augkd_edge.config import DataFreeConfig
 from augkd_edge.data import normalize
 from augkd_edge.distributed import current
 from augkd_edge.losses import BNStatsHook, encoder_loss, generator_loss, student_kl
-from augkd_edge.method.common import (
-    channels_last_on_cpu,
-    chunks,
-    epoch_generator,
-    freeze,
-    no_param_grads,
-    weighted,
-)
 from augkd_edge.models.fold import folded_copy
+from augkd_edge.models.setup import channels_last_on_cpu, freeze, no_param_grads
 from augkd_edge.precision import Precision
 
 _VAL_STREAM = 7  # the validation noise's own RNG stream, apart from the training epochs'

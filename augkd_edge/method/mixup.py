@@ -16,11 +16,12 @@ curriculum starts at b' = 1 - (1 - b) r_anchor (:meth:`MixupStage.ce_share`,
 docs/method.md, "Module 3").
 
 The teacher's logits come from the **teacher** on the very tensor the student
-sees (defect 1 of the reference code took them from the student; defect 2
-normalised raw and mixed images differently). Everything except the student is
-frozen and the mixup images are made under ``no_grad`` (defect 5). The
+sees (the public code took them from the student and normalised raw and mixed
+images differently: docs/method.md, "What differs from the authors' public code",
+1 and 2). Everything except the student is frozen and the mixup images are made
+under ``no_grad`` (ibid., 5). The
 student starts from the Module 1 student (the pipeline passes it in). The loop,
-loss and evaluation are :class:`~augkd_edge.method.common.StudentStage`'s,
+loss and evaluation are :class:`~augkd_edge.student_stage.StudentStage`'s,
 shared with the baselines.
 
 When f = 1 the mixed image equals x, and [x; x] gives exactly the same loss,
@@ -46,8 +47,11 @@ from torch import nn
 
 from augkd_edge.config import METHODS, MixupConfig
 from augkd_edge.losses import stage_factor
-from augkd_edge.method.common import Augment, StudentStage, channels_last_on_cpu, freeze, recipe, teacher_energies
+from augkd_edge.data import Augment
+from augkd_edge.evaluate import teacher_energies
 from augkd_edge.models.anchornet import AnchorNet
+from augkd_edge.models.setup import channels_last_on_cpu, freeze
+from augkd_edge.student_stage import StudentStage, recipe
 
 
 class MixupStage(StudentStage):
@@ -76,22 +80,8 @@ class MixupStage(StudentStage):
         trust: tuple[float, float] | None = None,
     ):
         """``trust``: (raw, anchored) teacher reliabilities in [0, 1] (:func:`reliability`); None = fixed u."""
-        super().__init__(
-            name,
-            student,
-            train_x,
-            train_y,
-            eval_x,
-            eval_y,
-            mean=mean,
-            std=std,
-            seed=seed,
-            augment=augment,
-            teacher=teacher,
-            u=cfg.u,
-            amp=amp,
-            **recipe(cfg),
-        )
+        super().__init__(name, student, train_x, train_y, eval_x, eval_y, mean=mean, std=std, seed=seed,
+                         augment=augment, teacher=teacher, u=cfg.u, amp=amp, **recipe(cfg))
         self.generator, self.encoder, self.anchor = generator, encoder, anchor
         self.cfg, self.mixup, self.trust = cfg, mixup, trust
         freeze(generator, encoder, anchor)
@@ -136,17 +126,14 @@ class MixupStage(StudentStage):
 
     def student_inputs(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[norm(x); norm(x_m)] and [y; y] (called under no_grad by the shared train step)."""
-        from augkd_edge.kernels import latent_mix, mix_normalize
+        from augkd_edge.kernels import mix_normalize
 
         f = self.factor(epoch)
         if f >= 1.0:
             return super().student_inputs(x, y, epoch)
         _, z, _ = self.encoder(x, y)  # mu
-        if self.anchor is None:
-            z_m = z  # z_a = z, so z_m = (1 - f) z + f z = z
-        else:
-            psi, m = self.anchor.components(z, y)
-            _, z_m = latent_mix(z, psi, m, f)
+        z_m = mixup_latent(z, y, self.anchor, f)
+        # x_m = (1 - f) G(z_m) + f x (mixup_images), fused with the normalisation;
         # under --amp G's output is half precision; the mixup itself is done in x's float32
         batch = mix_normalize(x, self.generator(z_m).to(x.dtype), f, self.mean, self.std)
         return batch, torch.cat([y, y])
@@ -156,10 +143,48 @@ class MixupStage(StudentStage):
         return super().evaluate() | {"f": self.factor(max(self.scheduler.last_epoch - 1, 0))}
 
 
+def mixup_latent(z: torch.Tensor, y: torch.Tensor, anchor: AnchorNet | None, f: float) -> torch.Tensor:
+    """z_m = (1 - f) z_a + f z with the anchor z_a = A(z, y) (one fused ``latent_mix``).
+
+    Without an AnchorNet (``no-anchor``) z_a = z, so z_m = z.
+    """
+    from augkd_edge.kernels import latent_mix
+
+    if anchor is None:
+        return z
+    psi, m = anchor.components(z, y)
+    _, z_m = latent_mix(z, psi, m, f)
+    return z_m
+
+
+def mixup_images(x: torch.Tensor, y: torch.Tensor, f: float, generator: nn.Module, encoder: nn.Module,
+                 anchor: AnchorNet | None) -> torch.Tensor:
+    """Module 3's training image x_m = (1 - f) G(z_m) + f x, z = E(x, y) (mu), in [0, 1].
+
+    The run report draws these; training computes the same with the normalisation
+    fused in (:meth:`MixupStage.student_inputs`).
+    """
+    _, z, _ = encoder(x, y)
+    return (1 - f) * generator(mixup_latent(z, y, anchor, f)) + f * x
+
+
 def reliability(top1: float, num_classes: int) -> float:
     """Chance-corrected top-1 in [0, 1]: 0 at chance (1 / K) or worse, 1 when always right."""
     chance = 1.0 / num_classes
     return min(1.0, max(0.0, (top1 - chance) / (1.0 - chance)))
+
+
+def teacher_trust(cfg: MixupConfig, health: dict[str, Any], raw_top1: float, num_classes: int) -> tuple[float, float] | None:
+    """Module 3's (raw, anchored) teacher reliabilities from the eval split's ``health.module_health``; None for
+    a fixed u.
+
+    Anchored images are the anchors (reconstructions for no-anchor, whose z_a = z).
+    """
+    if cfg.teacher_trust == "fixed":
+        return None
+    made = health["anchor"] or health["reconstruction"]
+    anchored = made["teacher_top1"] if made is not None else raw_top1
+    return reliability(raw_top1, num_classes), reliability(anchored, num_classes)
 
 
 def build_mixup_stage(method: str, *args: Any, anchor: AnchorNet | None, **kwargs: Any) -> MixupStage:

@@ -2,8 +2,8 @@
 
 G maps a latent z in R^L to an image in [0, 1]: the same range as the data
 module's images, so G's output, a student-domain image and any mixture of the
-two go through one normalisation path before reaching a classifier (defect 2
-of the reference code was two different paths).
+two go through one normalisation path before reaching a classifier (the public
+code had two: docs/method.md, "What differs from the authors' public code", 2).
 
 E inverts G: from an image and its label it predicts the latent (mu, and a
 log-variance for the VAE-style KL term). Module 2 and 3 use E to place real
@@ -52,14 +52,8 @@ class UpsampleConv2d(nn.Conv2d):
     (tap sums are formed before multiplying), so float64 results agree to
     ~1e-14 (tests/test_generative_fast.py).
 
-    Why a transposed conv rather than 4 phase convs + interleave: measured
-    (1 thread, batch 128, 128 -> 64 channels, 16x16 -> 32x32, channels_last)
-    forward 141 ms for upsample + conv2d, 87 ms for four 2x2 convs on shifted
-    views + interleave, 95 ms for one 2x2 conv with 4*C_out outputs + per-phase
-    crops, 123 ms for one 3x3 conv with zero-padded phase kernels + pixel_shuffle,
-    55 ms for this (forward + backward: 455, 347, 519, 383 and 179 ms). The
-    copies of the interleave eat the other forms' savings; the transposed conv
-    writes each phase in place. Generator timings: see Generator.
+    Why a transposed conv rather than 4 phase convs + interleave, and the
+    timings: docs/decisions.md, "The generator's upsampling convolution".
 
     The parameter is the ordinary 3x3 ``weight`` [C_out, C_in, 3, 3] of the
     ``nn.Conv2d`` this replaces (initialised identically, same state_dict key
@@ -103,20 +97,8 @@ class Generator(nn.Module):
 
     The two upsample + conv steps are UpsampleConv2d: the same function as
     ``nn.Upsample(2, nearest)`` + 3x3 conv, with 16 instead of 36 multiply-adds
-    per low-res pixel. G dominated Modules 1 and 2 on CPU; measured on the
-    shared 2-core CPU, 1 thread, width 64, 32x32, old -> new in one process
-    (medians; absolute times vary with the machine's load, the ratios held):
-
-    ==========================  ===================  ====================
-    batch 128                   channels_last        contiguous
-    ==========================  ===================  ====================
-    forward, no grad            320 -> 163 ms 1.97x  543 -> 339 ms 1.60x
-    forward + backward          866 -> 480 ms 1.80x  1242 -> 684 ms 1.81x
-    frozen, backward to z only  667 -> 366 ms 1.82x  1013 -> 531 ms 1.91x
-    ==========================  ===================  ====================
-
-    At batch 32: channels_last 1.83x / 1.82x / 1.95x, contiguous 2.02x /
-    2.00x / 2.01x. State_dict keys, shapes and the seeded initialisation are
+    per low-res pixel; G dominated Modules 1 and 2 on CPU (timings:
+    docs/decisions.md, "The generator's upsampling convolution"). State_dict keys, shapes and the seeded initialisation are
     those of the old form, so checkpoints and model files load as before.
     """
 

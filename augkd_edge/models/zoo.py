@@ -3,7 +3,7 @@
 Models start from scratch; pretrained weights (a torchvision weights name or a
 state_dict file) are loaded into them by ``augkd_edge.models.weights``. BatchNorm momentum is raised to 0.1
 everywhere: torchvision's MobileNetV3 uses 0.01, whose running statistics never
-catch up in short from-scratch runs (eval accuracy near chance, METHOD.md).
+catch up in short from-scratch runs (eval accuracy near chance; docs/method.md, "Module 3").
 """
 
 from __future__ import annotations

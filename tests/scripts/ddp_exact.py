@@ -15,7 +15,8 @@ from torch import nn
 
 from augkd_edge import distributed
 from augkd_edge.engine import fit
-from augkd_edge.method.common import StudentStage, make_augment
+from augkd_edge.data import make_augment
+from augkd_edge.student_stage import StudentStage
 
 
 def main(out: str) -> None:
