@@ -98,8 +98,9 @@ class Generator(nn.Module):
     The two upsample + conv steps are UpsampleConv2d: the same function as
     ``nn.Upsample(2, nearest)`` + 3x3 conv, with 16 instead of 36 multiply-adds
     per low-res pixel; G dominated Modules 1 and 2 on CPU (timings:
-    docs/decisions.md, "The generator's upsampling convolution"). State_dict keys, shapes and the seeded initialisation are
-    those of the old form, so checkpoints and model files load as before.
+    docs/decisions.md, "The generator's upsampling convolution"). State_dict
+    keys, shapes and the seeded initialisation are those of the old form, so
+    checkpoints and model files load as before.
     """
 
     def __init__(self, latent_dim: int = 100, img_size: int = 32, channels: int = 3, width: int = 64):
