@@ -171,4 +171,5 @@ def test_the_scratch_package_mirrors_pyproject_package_dir() -> None:
     mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     outside = {k.split(".", 1)[1]: v for k, v in mapping.items() if k.startswith("augkd_edge.") and
                not v.startswith("augkd_edge")}
-    assert outside == _module().PACKAGE_DIR
+    _module()  # loads device_core.py, where the scratch layout is defined, beside it
+    assert outside == sys.modules["device_core"].PACKAGE_DIR
