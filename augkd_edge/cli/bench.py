@@ -231,9 +231,23 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
     report = bench_report.build_report(rows, environment, budget.as_dict(), "augkd-edge bench", __version__)
     for written in bench_report.write_report(report, out_dir):
         click.echo(f"wrote {written}")
+    _print_int8_speedups(rows)
     failed = sum("error" in r for r in rows)
     if failed == len(rows):
         raise UserError(f"every cell failed (see {out_dir / 'report.md'}).")
+
+
+def _print_int8_speedups(rows: list[dict[str, Any]]) -> None:
+    """INT8 is asked for speed: say what it gave here, and warn where it gave none."""
+    from augkd_edge.export.speedup import int8_pairs
+
+    for p in int8_pairs(rows):
+        click.echo(f"INT8 {p['int8_model']} vs FP32 {p['fp32_model']} [{p['backend']}/{p['device']}] batch "
+                   f"{p['batch']}: median {p['int8_median_ms']:.3f} vs {p['fp32_median_ms']:.3f} ms, "
+                   f"{p['speedup']:.2f}x")
+        if p["speedup"] < 1.0:
+            click.echo(f"warning: INT8 is not faster than FP32 here for batch {p['batch']} ({p['speedup']:.2f}x); "
+                       "for ONNX Runtime on CPU export with --int8-for ort-cpu, or ship FP32.", err=True)
 
 
 @command.command("compare")

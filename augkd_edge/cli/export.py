@@ -1,4 +1,4 @@
-"""``augkd-edge export``: a trained student -> ONNX (+ INT8 QDQ, + TensorRT engine or bundle).
+"""``augkd-edge export``: a trained student -> ONNX (+ INT8 for its runtime, + TensorRT engine or bundle).
 
 Glue only: resolve the model file and its recorded student-domain splits
 (``augkd_edge.rundir``), then call ``augkd_edge.export``. Every step that can
@@ -18,8 +18,9 @@ be inspected.
 ``operators``; ``parity`` (split, images, max_abs_diff, max_rel_diff,
 top1_agreement, atol, rtol, logit_scale = the largest |PyTorch logit|,
 tolerance = atol + rtol * logit_scale, min_agreement, passed); ``int8``
-(calibration method, split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
-accepted, forced); ``tensorrt`` (settings incl. profile and precision,
+(target: tensorrt or ort-cpu, format, activations, weights, bias; calibration method, split and image
+count, fp32_top1, int8_top1, drop_points, max_drop_points, accepted, forced; speed_here: ONNX
+Runtime CPU median ms per call of FP32 and INT8 measured side by side, and their ratio); ``tensorrt`` (settings incl. profile and precision,
 op_support with the TensorRT version of the operator list and offending nodes,
 build_script, trtexec, available, and with an engine: its metadata and
 parity); ``files`` (name -> sha256, bytes, precision); ``tools`` (versions of
@@ -144,9 +145,9 @@ def _export_fp32(job: _Job, opset: int, split: str, atol: float, rtol: float, mi
 
 
 def _export_int8(job: _Job, fp32_path: Path, calibration: str, calibration_size: int, max_drop: float,
-                 force: bool) -> Path | None:
+                 force: bool, target: str) -> Path | None:
     from augkd_edge.export.parity import batched_logits, top1_accuracy
-    from augkd_edge.export.quantize import quantize_int8
+    from augkd_edge.export.quantize import INT8_FORMATS, quantize_int8
     from augkd_edge.export.runtimes import OrtRunner
     from augkd_edge.rundir import split_arrays
 
@@ -154,15 +155,14 @@ def _export_int8(job: _Job, fp32_path: Path, calibration: str, calibration_size:
     calib = _calibration_subset(train_x, calibration_size)
     click.echo(f"INT8: calibrating ({calibration}) on {len(calib)} training images of the student domain ...")
     int8_path = quantize_int8(fp32_path, job.out / "student.int8.onnx", calib, method=calibration,
-                              fixed_batch=job.batch)
+                              fixed_batch=job.batch, target=target)
     with OrtRunner(fp32_path, threads=job.threads) as fp32, OrtRunner(int8_path, threads=job.threads) as int8:
         acc32 = top1_accuracy(batched_logits(fp32, job.test_x, fixed_batch=job.batch), job.test_y)
         acc8 = top1_accuracy(batched_logits(int8, job.test_x, fixed_batch=job.batch), job.test_y)
     drop = 100.0 * (acc32 - acc8)
     accepted = drop <= max_drop
     job.record["int8"] = {
-        "format": "QDQ (ONNX Runtime static quantization; TensorRT explicit quantization)",
-        "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel", "bias": "float",
+        "target": target, **INT8_FORMATS[target].description,
         "calibration": calibration, "calibration_split": "train", "calibration_images": int(len(calib)),
         "test_images": int(len(job.test_y)), "fp32_top1": acc32, "int8_top1": acc8,
         "drop_points": drop, "max_drop_points": max_drop, "accepted": accepted, "forced": bool(force and not accepted),
@@ -178,7 +178,24 @@ def _export_int8(job: _Job, fp32_path: Path, calibration: str, calibration_size:
     if not accepted:
         click.echo("INT8: drop over the limit, kept because of --force", err=True)
     job.record["files"]["student.int8.onnx"] = _file_entry(int8_path, "int8")
+    _int8_speed_here(job, fp32_path, int8_path, target)
     return int8_path
+
+
+def _int8_speed_here(job: _Job, fp32_path: Path, int8_path: Path, target: str) -> None:
+    """Print and record INT8's speed-up over FP32 on this machine's ONNX Runtime CPU provider; warn if none."""
+    from augkd_edge.export.speedup import int8_speedup
+
+    speed = int8_speedup(fp32_path, int8_path, job.test_x, batch=job.batch or 1, threads=job.threads)
+    job.record["int8"]["speed_here"] = speed
+    click.echo(f"INT8 on this machine (ONNX Runtime CPU, batch {speed['batch']}): {speed['int8_median_ms']:.3f} ms "
+               f"vs FP32 {speed['fp32_median_ms']:.3f} ms per call, {speed['speedup']:.2f}x")
+    if speed["speedup"] < 1.0:
+        hint = ("the TensorRT form is meant for the engine built on the target (--trt), not for ONNX Runtime here"
+                if target == "tensorrt" else
+                "for a model this small the FP32 kernels are as fast; ship FP32 here, INT8 saves only file size")
+        click.echo(f"warning: INT8 is not faster than FP32 on this machine ({speed['speedup']:.2f}x): {hint}.",
+                   err=True)
 
 
 def _export_trt(job: _Job, onnx_path: Path, settings, min_agreement: float) -> None:
@@ -251,8 +268,13 @@ def _trt_parity(job: _Job, onnx_path: Path, engine_path: Path, min_agreement: fl
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Smallest allowed fraction of images whose top-1 class matches PyTorch's (1.0 = all).")
 @click.option("--int8", is_flag=True,
-              help="Also write student.int8.onnx: static INT8 quantization (QDQ, symmetric, per-channel weights) "
-                   "calibrated on the student domain's training split; with --trt the engine is built from it.")
+              help="Also write student.int8.onnx: static INT8 quantization (QDQ, per-channel weights) calibrated on "
+                   "the student domain's training split, in the form --int8-for runs fastest; with --trt the engine "
+                   "is built from it. Prints the speed-up over FP32 measured here.")
+@click.option("--int8-for", "int8_target", type=click.Choice(["tensorrt", "ort-cpu"]), default=None,
+              help="Runtime the INT8 model is for: tensorrt (symmetric int8 activations, TensorRT's explicit "
+                   "quantization) or ort-cpu (uint8 asymmetric activations, ONNX Runtime's fast CPU form) "
+                   "[default: tensorrt with --trt, else ort-cpu].")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration images.")
 @click.option("--calibration-size", type=click.IntRange(min=0), default=1024, show_default=True,
@@ -283,8 +305,8 @@ def _trt_parity(job: _Job, onnx_path: Path, engine_path: Path, min_agreement: fl
               help="Output folder: student.onnx, student.int8.onnx, build_engine.sh / *.engine, export.json.")
 def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_size: int | None, split: str,
             atol: float, rtol: float, min_agreement: float, int8: bool, calibration: str, calibration_size: int,
-            max_drop: float, force: bool, trt: bool, fp16: bool, workspace_mb: int, min_batch: int,
-            opt_batch: int, max_batch: int, trt_min_agreement: float, threads: int | None, out_dir: Path) -> None:
+            max_drop: float, force: bool, int8_target: str | None, trt: bool, fp16: bool, workspace_mb: int,
+            min_batch: int, opt_batch: int, max_batch: int, trt_min_agreement: float, threads: int | None, out_dir: Path) -> None:
     """Export a trained student (a run folder or its student.pt) for deployment.
 
     The graph takes float32 NCHW RGB images in [0, 1] (input 'image') and returns
@@ -302,6 +324,11 @@ def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_siz
     check_writable_dir(out_dir, "--out")
     if fp16 and not trt:
         raise UserError("--fp16 applies to the TensorRT engine: add --trt.")
+    if int8_target and not int8:
+        raise UserError(f"--int8-for {int8_target} applies to the INT8 model: add --int8.")
+    if int8_target == "ort-cpu" and trt:
+        raise UserError("--int8-for ort-cpu with --trt: TensorRT builds only from the symmetric form; "
+                        "drop --int8-for (or give --int8-for tensorrt), or export for ONNX Runtime without --trt.")
     batch = _batch_option(batch_text)
     settings = None
     if trt:  # validate the profile before minutes of export work
@@ -332,7 +359,9 @@ def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_siz
                model_path=model_path, record=record, test_x=test_x, test_y=test_y, batch=batch, threads=threads)
     try:
         fp32_path = _export_fp32(job, opset, split, atol, rtol, min_agreement)
-        int8_path = _export_int8(job, fp32_path, calibration, calibration_size, max_drop, force) if int8 else None
+        target = int8_target or ("tensorrt" if trt else "ort-cpu")
+        int8_path = (_export_int8(job, fp32_path, calibration, calibration_size, max_drop, force, target)
+                     if int8 else None)
         if settings is not None:
             settings = dataclasses.replace(settings, input_size=meta.input_size)
             _export_trt(job, int8_path or fp32_path, settings, trt_min_agreement)
