@@ -189,26 +189,66 @@ def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return rng.random((batch, 3, size, size), dtype=np.float32)
 
 
+def batched_logits(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64,
+                   fixed_batch: int | None = None) -> np.ndarray:
+    """All logits of ``infer`` (a runner's ``infer``: images in [0, 1] -> logits) for ``images``,
+    ``batch_size`` at a time.
+
+    The one padding rule of the project: with ``fixed_batch`` (a graph or engine
+    built for one static batch) every call gets exactly that many images, the last
+    chunk padded by repeating its final image (real data, so no runtime sees an
+    input unlike the ones it was calibrated and checked on); the padding's logits
+    are dropped. Used by parity, the INT8 gate and ``--eval`` top-1 alike.
+    """
+    if len(images) == 0:
+        raise ValueError("no images to run")
+    step = fixed_batch or batch_size
+    out = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        real = len(chunk)
+        if fixed_batch is not None and real < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - real, axis=0)])
+        out.append(np.asarray(infer(np.ascontiguousarray(chunk, dtype=np.float32)))[:real])
+    return np.concatenate(out)
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,)) -> dict[str, float]:
+    """Top-k hit rates as fractions: ``{"top1": ..., "top3": ...}``.
+
+    A k at or beyond the class count counts every sample as a hit; no samples give NaN.
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(logits) != len(labels):
+        raise ValueError(f"{len(logits)} logits for {len(labels)} labels")
+    if len(labels) == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    kmax = min(max(ks), logits.shape[1])
+    if kmax == 1:
+        ranked = logits.argmax(axis=1)[:, None]  # ties: the lower class index, as below
+    else:
+        ranked = np.argsort(-logits, axis=1, kind="stable")[:, :kmax]  # ties: the lower class index first
+    hits = ranked == labels[:, None]
+    return {f"top{k}": float(hits[:, :k].any(axis=1).mean()) if k <= kmax else 1.0 for k in ks}
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of correct argmax predictions."""
+    return topk_accuracy(logits, labels, (1,))["top1"]
+
+
 def top1(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
          batch: int) -> float:
-    """Top-1 accuracy of ``infer`` (images in [0, 1] -> logits) on a labelled split.
+    """Top-1 accuracy of ``infer`` on a labelled split, ``batch`` images per call.
 
     Measured with the same runner as the latency so a precision's accuracy and
-    speed come from one artefact (the FP32 / INT8 / FP16 trade-off table). The
-    last chunk is padded to ``batch`` (padding rows dropped from the logits) so
-    engines built for one static batch size can be evaluated too.
+    speed come from one artefact (the FP32 / INT8 / FP16 trade-off table). Every
+    call gets exactly ``batch`` images (the padding rule of :func:`batched_logits`)
+    so engines built for one static batch size can be evaluated too.
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError("need as many labels as images, and at least one")
-    correct = 0
-    for start in range(0, len(images), batch):
-        chunk = np.ascontiguousarray(images[start:start + batch], dtype=np.float32)
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
-        logits = np.asarray(infer(chunk))[:n]
-        correct += int((logits.argmax(axis=1) == labels[start:start + n]).sum())
-    return correct / len(images)
+    return top1_accuracy(batched_logits(infer, images, fixed_batch=batch), labels)
 
 
 @dataclasses.dataclass

@@ -145,7 +145,7 @@ def _export_fp32(job: _Job, opset: int, split: str, atol: float, rtol: float, mi
 
 def _export_int8(job: _Job, fp32_path: Path, calibration: str, calibration_size: int, max_drop: float,
                  force: bool) -> Path | None:
-    from augkd_edge.export.parity import batched_logits, top1_accuracy
+    from augkd_edge.export.latency import batched_logits, top1_accuracy
     from augkd_edge.export.quantize import quantize_int8
     from augkd_edge.export.runtimes import OrtRunner
     from augkd_edge.rundir import split_arrays
@@ -156,8 +156,8 @@ def _export_int8(job: _Job, fp32_path: Path, calibration: str, calibration_size:
     int8_path = quantize_int8(fp32_path, job.out / "student.int8.onnx", calib, method=calibration,
                               fixed_batch=job.batch)
     with OrtRunner(fp32_path, threads=job.threads) as fp32, OrtRunner(int8_path, threads=job.threads) as int8:
-        acc32 = top1_accuracy(batched_logits(fp32, job.test_x, fixed_batch=job.batch), job.test_y)
-        acc8 = top1_accuracy(batched_logits(int8, job.test_x, fixed_batch=job.batch), job.test_y)
+        acc32 = top1_accuracy(batched_logits(fp32.infer, job.test_x, fixed_batch=job.batch), job.test_y)
+        acc8 = top1_accuracy(batched_logits(int8.infer, job.test_x, fixed_batch=job.batch), job.test_y)
     drop = 100.0 * (acc32 - acc8)
     accepted = drop <= max_drop
     job.record["int8"] = {
