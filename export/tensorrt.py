@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from augkd_edge.errors import UserError
-from augkd_edge.export.runtimes import engine_metadata_path, import_tensorrt
+from augkd_edge.export.trt_loader import engine_metadata_path, import_tensorrt
 
 TIMING_CACHE_NAME = "timing.cache"
 

@@ -25,7 +25,6 @@ fake engine on machines without a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -34,22 +33,15 @@ import numpy as np
 
 if __package__:
     from . import bench_report, envinfo, latency
+    from .trt_loader import EngineError, import_tensorrt, load_engine
 else:  # loose copy on a board: the sibling files sit next to this one (sys.path[0])
     import bench_report  # type: ignore[no-redef]
     import envinfo  # type: ignore[no-redef]
     import latency  # type: ignore[no-redef]
-
-try:  # inside the augkd_edge package, engine problems are ordinary user errors
-    from augkd_edge.errors import UserError as _UserFacing
-except ImportError:  # loose copy on a board
-    _UserFacing = RuntimeError  # type: ignore[assignment,misc]
+    from trt_loader import EngineError, import_tensorrt, load_engine  # type: ignore[no-redef]
 
 TOOL = "trt_runner"
 TOOL_VERSION = "1"
-
-
-class EngineError(_UserFacing):
-    """An engine or CUDA-binding problem the user fixes; the message names the file and the fix."""
 
 
 class Cuda(Protocol):
@@ -288,28 +280,6 @@ class _CudaMemoryInUse:
         return (total - free) / 2**20
 
 
-def engine_metadata(engine_path: Path) -> dict[str, Any]:
-    """``student.engine.json`` next to the engine (the convention of runtimes.engine_metadata_path)."""
-    meta = engine_path.with_name(engine_path.name + ".json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def load_engine(trt: Any, logger: Any, path: Path) -> tuple[Any, Any, Any, str, str]:
-    """Deserialize a one-input, one-output TensorRT 10 engine: (runtime, engine, context,
-    input name, output name). The runtime is returned because the engine must not outlive it."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise EngineError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine (built with "
-                          f"another TensorRT version or for another GPU?); rebuild it on this machine.")
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise EngineError(f"{path}: expected one input and one output tensor, got {inputs} -> {outputs}.")
-    return runtime, engine, engine.create_execution_context(), inputs[0], outputs[0]
-
-
 class EngineRunner:
     """A serialized TensorRT 10 engine with one input and one output, on device buffers of :class:`Cuda`.
 
@@ -321,16 +291,14 @@ class EngineRunner:
     device = "cuda"
 
     def __init__(self, engine_path: str | Path, cuda: Cuda, precision: str | None = None) -> None:
-        import tensorrt as trt
-
         self.path = Path(engine_path)
         self.cuda = cuda
-        self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime, self.engine, self.context, self.input_name, self.output_name = load_engine(
-            trt, self._logger, self.path)
+        self._loaded = load_engine(self.path)  # the same loader as runtimes.TrtRunner
+        trt = self._loaded.trt
+        self.engine, self.context = self._loaded.engine, self._loaded.context
+        self.input_name, self.output_name = self._loaded.input_name, self._loaded.output_name
         self.input_size = int(self.engine.get_tensor_shape(self.input_name)[-1])
-        self.precision = precision or str(engine_metadata(self.path).get("precision", "unknown"))
+        self.precision = precision or str(self._loaded.metadata.get("precision", "unknown"))
         self._in_dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
         self._out_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output_name))
         self.stream = cuda.stream()
@@ -351,7 +319,7 @@ class EngineRunner:
         x = np.ascontiguousarray(x, dtype=self._in_dtype)
         if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
             raise ValueError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile "
-                             f"{tuple(self.engine.get_tensor_profile_shape(self.input_name, 0))}")
+                             f"{self._loaded.profile()}")
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         self._host_out = np.empty(out_shape, dtype=self._out_dtype)
         in_ptr = self._buffer(self.input_name, x.nbytes)
@@ -389,15 +357,14 @@ class EngineRunner:
 
     def info(self) -> dict[str, Any]:
         size = getattr(self.engine, "device_memory_size_v2", None) or getattr(self.engine, "device_memory_size", 0)
-        profile = self.engine.get_tensor_profile_shape(self.input_name, 0)
         return {"cuda_binding": self.cuda.name, "engine_activation_mb": size / 2**20,
-                "profile": [list(map(int, s)) for s in profile]}
+                "profile": self._loaded.profile()}
 
     def close(self) -> None:
         for ptr, _ in self._buffers.values():
             self.cuda.free(ptr)
         self._buffers.clear()
-        self.context = self.engine = None
+        self.context = self.engine = self._loaded = None
         self.cuda.close()
 
 
@@ -446,11 +413,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def open_engine(args: argparse.Namespace) -> Engine:
     """The real GPU path: TensorRT + a CUDA binding."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        raise EngineError(f"TensorRT's Python bindings are not importable ({exc}); on Jetson they come with "
-                          f"JetPack (python3-libnvinfer), elsewhere `pip install tensorrt`.") from exc
+    import_tensorrt()  # before a CUDA context is made: its absence is the likelier problem
     cuda = load_binding(args.binding)
     try:
         return EngineRunner(args.engine, cuda, precision=args.precision)

@@ -27,7 +27,7 @@ import pytest
 from augkd_edge.export import bench_report, trt_runner
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER_FILES = ("trt_runner.py", "latency.py", "bench_report.py", "envinfo.py")
+RUNNER_FILES = ("trt_runner.py", "trt_loader.py", "latency.py", "bench_report.py", "envinfo.py")
 
 # The fake is plain Python text so the torch-free venv can run exactly the same one.
 FAKE_ENGINE = textwrap.dedent('''

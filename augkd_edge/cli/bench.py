@@ -85,14 +85,10 @@ def _ort_target(path: Path, device: str, threads: int | None, input_size: int | 
 
 def _trt_target(path: Path, input_size: int | None) -> Any:
     from augkd_edge.export.latency import Target
-    from augkd_edge.export.runtimes import TrtRunner, engine_metadata_path
+    from augkd_edge.export.runtimes import TrtRunner
+    from augkd_edge.export.trt_loader import read_engine_metadata
 
-    meta_path = engine_metadata_path(path)
-    precision = "unknown"
-    if meta_path.is_file():
-        import json
-
-        precision = str(json.loads(meta_path.read_text()).get("precision", "unknown"))
+    precision = str(read_engine_metadata(path).get("precision", "unknown"))
     target = Target(model=path.name, backend="trt", device="cuda", precision=precision,
                     input_size=input_size, open=lambda: None, device_memory=_TorchCudaMemory())
 
