@@ -94,6 +94,11 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     return _atomic_write(path, "w", lambda fh: fh.write(text))
 
 
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Same guarantee as :func:`save_atomic` for binary results (TensorRT engines, timing caches)."""
+    return _atomic_write(path, "wb", lambda fh: fh.write(data))
+
+
 def load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
     """Load a torch file without running code from it.
 

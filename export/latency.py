@@ -30,6 +30,7 @@ import numpy as np
 
 PERCENTILE_METHOD = "linear"
 PERCENTILES = (90, 95, 99)
+STD_DDOF = 1  # sample standard deviation
 #: a time budget still takes at least this many samples, so p99 is never a single value
 MIN_BUDGET_ITERS = 10
 #: and at most this many, so a budget on a very fast model keeps a bounded sample list
@@ -117,7 +118,7 @@ def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, Any]:
     latency = {
         "min": float(a.min()),
         "mean": mean,
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "std": float(a.std(ddof=STD_DDOF)) if a.size > 1 else 0.0,
         "median": float(np.percentile(a, 50, method=PERCENTILE_METHOD)),
         **{f"p{q}": float(np.percentile(a, q, method=PERCENTILE_METHOD)) for q in PERCENTILES},
         "max": float(a.max()),

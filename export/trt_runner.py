@@ -3,17 +3,17 @@
 JetPack images ship TensorRT and often no matching torch, so this runner needs
 only ``tensorrt``, ``numpy`` and a CUDA Python binding: pycuda (what JetPack
 users usually have) or NVIDIA's ``cuda-python`` when pycuda is absent. It uses
-the same measurement loop, statistics and report schema as
-``augkd-edge bench`` (``latency.py``, ``bench_report.py``, ``envinfo.py``), so a
-board's report goes straight into ``augkd-edge bench compare``.
+the same engine loader as ``runtimes.TrtRunner`` (``trt_loader.py``) and the
+same measurement loop, statistics and report schema as ``augkd-edge bench``
+(``latency.py``, ``bench_report.py``, ``bench_render.py``, ``envinfo.py``), so
+a board's report goes straight into ``augkd-edge bench compare``.
 
 Run inside the installed package::
 
     python -m augkd_edge.export.trt_runner student.engine --batch 1,8 --out report-orin
 
-or copy this file with ``latency.py``, ``bench_report.py`` and ``envinfo.py``
-into one folder on the board and run ``python3 trt_runner.py ...`` there
-(docs/jetson.md).
+or copy the :data:`BOARD_FILES` into one folder on the board and run
+``python3 trt_runner.py ...`` there (docs/jetson.md).
 
 Layers: the :class:`Cuda` binding (buffers, streams, events, memory info) and
 :class:`EngineRunner` (a TensorRT 10 engine behind the runner interface of
@@ -32,9 +32,10 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 if __package__:
-    from . import bench_report, envinfo, latency
+    from . import bench_render, bench_report, envinfo, latency
     from .trt_loader import EngineError, import_tensorrt, load_engine
 else:  # loose copy on a board: the sibling files sit next to this one (sys.path[0])
+    import bench_render  # type: ignore[no-redef]
     import bench_report  # type: ignore[no-redef]
     import envinfo  # type: ignore[no-redef]
     import latency  # type: ignore[no-redef]
@@ -42,6 +43,8 @@ else:  # loose copy on a board: the sibling files sit next to this one (sys.path
 
 TOOL = "trt_runner"
 TOOL_VERSION = "1"
+#: what a board needs from export/ (this file and every module it imports, none of them torch)
+BOARD_FILES = ("trt_runner.py", "trt_loader.py", "latency.py", "bench_report.py", "bench_render.py", "envinfo.py")
 
 
 class Cuda(Protocol):
@@ -446,7 +449,7 @@ def main(argv: Sequence[str] | None = None, opener: Callable[[argparse.Namespace
                             on_error=lambda msg: print(f"failed: {msg}", file=sys.stderr))
     environment = envinfo.capture(label=args.label, gpus=gpus, threads={})
     report = bench_report.build_report(rows, environment, args.budget.as_dict(), TOOL, TOOL_VERSION)
-    for path in bench_report.write_report(report, args.out):
+    for path in bench_render.write_report(report, args.out):
         print(f"wrote {path}")
     for row in rows:
         if "error" not in row:

@@ -181,7 +181,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
 
     from augkd_edge import __version__
     from augkd_edge.checkpoint import check_writable_dir
-    from augkd_edge.export import bench_report, envinfo, latency
+    from augkd_edge.export import bench_render, bench_report, envinfo, latency
 
     check_writable_dir(out_dir, "--out")
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
@@ -225,7 +225,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
     environment = envinfo.capture(label=label, gpus=_gpus(device),
                                   threads={"torch_threads": torch.get_num_threads(), "ort_threads": threads})
     report = bench_report.build_report(rows, environment, budget.as_dict(), "augkd-edge bench", __version__)
-    for written in bench_report.write_report(report, out_dir):
+    for written in bench_render.write_report(report, out_dir):
         click.echo(f"wrote {written}")
     failed = sum("error" in r for r in rows)
     if failed == len(rows):
@@ -245,14 +245,14 @@ def compare(reports: tuple[Path, ...], baseline: int, match: str, out_dir: Path)
     """Put REPORT(s) (report.json files or their folders) in one table and plot, with speedups
     against the baseline."""
     from augkd_edge.checkpoint import check_writable_dir
-    from augkd_edge.export import bench_report
+    from augkd_edge.export import bench_compare, bench_report
 
     check_writable_dir(out_dir, "--out")
     loaded = [bench_report.load_report(p) for p in reports]
     names = _unique_names([bench_report.report_name(r, str(p)) for r, p in zip(loaded, reports)])
     fields = [f.strip() for f in match.split(",") if f.strip() and f.strip() != "batch"]
-    comparison = bench_report.compare(loaded, names, baseline, match=fields)
-    for written in bench_report.write_comparison(comparison, loaded, out_dir):
+    comparison = bench_compare.compare(loaded, names, baseline, match=fields)
+    for written in bench_compare.write_comparison(comparison, loaded, out_dir):
         click.echo(f"wrote {written}")
 
 
