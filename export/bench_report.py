@@ -57,22 +57,15 @@ from typing import Any
 
 if __package__:
     from . import latency
+    from .atomic import write_text_atomic
 else:  # loose copy on a board (docs/jetson.md): the sibling files sit next to this one
     import latency  # type: ignore[no-redef]
+    from atomic import write_text_atomic  # type: ignore[no-redef]
 
-try:  # inside the augkd_edge package: the project's one atomic write
-    from augkd_edge.checkpoint import write_text_atomic
+try:  # inside the augkd_edge package, an unreadable report is a user error
     from augkd_edge.errors import UserError as _ReportErrorBase
-except ImportError:  # loose copy on a board, without the package: the same temp file + rename, minus its messages
+except ImportError:  # loose copy on a board
     _ReportErrorBase = ValueError  # type: ignore[assignment,misc]
-
-    def write_text_atomic(text: str, path: str | os.PathLike) -> Path:  # type: ignore[misc]
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
 
 SCHEMA = 1
 KIND = "augkd-edge/bench"

@@ -28,9 +28,13 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+# The measurement decisions, written once (numbers behind them: docs/decisions.md#export-and-benchmarks)
 PERCENTILE_METHOD = "linear"
 PERCENTILES = (90, 95, 99)
 STD_DDOF = 1  # sample standard deviation
+#: untimed calls before each (model, batch) cell, and timed calls per cell without a time budget
+DEFAULT_WARMUP = 10
+DEFAULT_ITERS = 100
 #: a time budget still takes at least this many samples, so p99 is never a single value
 MIN_BUDGET_ITERS = 10
 #: and at most this many, so a budget on a very fast model keeps a bounded sample list
@@ -66,9 +70,16 @@ class HostClock:
 class Budget:
     """Warm-up plus either a fixed iteration count or a time budget (exactly one)."""
 
-    warmup: int = 10
-    iters: int | None = 100
+    warmup: int = DEFAULT_WARMUP
+    iters: int | None = DEFAULT_ITERS
     seconds: float | None = None
+
+    @classmethod
+    def from_options(cls, warmup: int = DEFAULT_WARMUP, iters: int | None = None,
+                     seconds: float | None = None) -> "Budget":
+        """The command lines' rule: ``seconds`` when given, else ``iters`` (default :data:`DEFAULT_ITERS`)."""
+        return cls(warmup=warmup, seconds=seconds,
+                   iters=None if seconds is not None else (DEFAULT_ITERS if iters is None else iters))
 
     def __post_init__(self) -> None:
         if (self.iters is None) == (self.seconds is None):

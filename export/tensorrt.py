@@ -24,8 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from augkd_edge.checkpoint import write_bytes_atomic, write_text_atomic
 from augkd_edge.errors import UserError
+from augkd_edge.export.atomic import write_bytes_atomic, write_text_atomic
 from augkd_edge.export.trt_loader import engine_metadata_path, import_tensorrt
 
 TIMING_CACHE_NAME = "timing.cache"

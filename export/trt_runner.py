@@ -15,7 +15,7 @@ Run inside the installed package::
 or copy the :data:`BOARD_FILES` into one folder on the board and run
 ``python3 trt_runner.py ...`` there (docs/jetson.md).
 
-Layers: the :class:`Cuda` binding (buffers, streams, events, memory info) and
+Layers: the :class:`cuda_binding.Cuda` binding (buffers, streams, events, memory info) and
 :class:`EngineRunner` (a TensorRT 10 engine behind the runner interface of
 ``runtimes.py``) are the only code touching the GPU; :func:`main` sees them
 through :class:`Engine`, so argument handling and the report are tested with a
@@ -33,200 +33,21 @@ import numpy as np
 
 if __package__:
     from . import bench_render, bench_report, envinfo, latency
+    from .cuda_binding import BINDINGS, Cuda, load_binding
     from .trt_loader import EngineError, import_tensorrt, load_engine
 else:  # loose copy on a board: the sibling files sit next to this one (sys.path[0])
     import bench_render  # type: ignore[no-redef]
     import bench_report  # type: ignore[no-redef]
     import envinfo  # type: ignore[no-redef]
     import latency  # type: ignore[no-redef]
+    from cuda_binding import BINDINGS, Cuda, load_binding  # type: ignore[no-redef]
     from trt_loader import EngineError, import_tensorrt, load_engine  # type: ignore[no-redef]
 
 TOOL = "trt_runner"
 TOOL_VERSION = "1"
 #: what a board needs from export/ (this file and every module it imports, none of them torch)
-BOARD_FILES = ("trt_runner.py", "trt_loader.py", "latency.py", "bench_report.py", "bench_render.py", "envinfo.py")
-
-
-class Cuda(Protocol):
-    """The CUDA calls the runner needs; pycuda and cuda-python each implement it.
-
-    Copies are synchronous (numpy's pageable memory; staging is outside the timed loop).
-    """
-
-    name: str
-
-    def malloc(self, nbytes: int) -> int: ...
-    def free(self, ptr: int) -> None: ...
-    def htod(self, ptr: int, host: np.ndarray) -> None: ...
-    def dtoh(self, host: np.ndarray, ptr: int) -> None: ...
-    def stream(self) -> Any: ...
-    def stream_handle(self, stream: Any) -> int: ...
-    def synchronize(self, stream: Any) -> None: ...
-    def event(self) -> Any: ...
-    def record(self, event: Any, stream: Any) -> None: ...
-    def elapsed_ms(self, start: Any, end: Any) -> float: ...
-    def mem_get_info(self) -> tuple[int, int]: ...
-    def device_info(self) -> dict[str, Any]: ...
-    def close(self) -> None: ...
-
-
-class PyCuda:
-    """pycuda, on the device's primary context (the one TensorRT's runtime calls use)."""
-
-    name = "pycuda"
-
-    def __init__(self, device: int = 0) -> None:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        self._cuda = cuda
-        self._device = cuda.Device(device)
-        self._context = self._device.retain_primary_context()
-        self._context.push()
-        self._allocations: dict[int, Any] = {}
-
-    def malloc(self, nbytes: int) -> int:
-        allocation = self._cuda.mem_alloc(max(int(nbytes), 1))
-        self._allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def free(self, ptr: int) -> None:
-        self._allocations.pop(ptr).free()
-
-    def htod(self, ptr: int, host: np.ndarray) -> None:
-        self._cuda.memcpy_htod(ptr, host)
-
-    def dtoh(self, host: np.ndarray, ptr: int) -> None:
-        self._cuda.memcpy_dtoh(host, ptr)
-
-    def stream(self) -> Any:
-        return self._cuda.Stream()
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.handle)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
-    def event(self) -> Any:
-        return self._cuda.Event()
-
-    def record(self, event: Any, stream: Any) -> None:
-        event.record(stream)
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        end.synchronize()
-        return float(start.time_till(end))
-
-    def mem_get_info(self) -> tuple[int, int]:
-        free, total = self._cuda.mem_get_info()
-        return int(free), int(total)
-
-    def device_info(self) -> dict[str, Any]:
-        major, minor = self._device.compute_capability()
-        driver = self._cuda.get_driver_version()
-        return {"name": self._device.name(), "driver": f"CUDA {driver // 1000}.{driver % 1000 // 10}",
-                "compute_capability": f"{major}.{minor}",
-                "memory_total_mb": self._device.total_memory() / 2**20}
-
-    def close(self) -> None:
-        for allocation in self._allocations.values():
-            allocation.free()
-        self._allocations.clear()
-        self._context.pop()
-        self._context.detach()
-
-
-class CudaPython:
-    """NVIDIA's cuda-python runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
-
-    name = "cuda-python"
-
-    def __init__(self, device: int = 0) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # type: ignore[no-redef]
-        self._rt = cudart
-        self._device = device
-        self._call(cudart.cudaSetDevice(device))
-
-    def _call(self, result: Any) -> Any:
-        """cuda-python returns (error, values...); raise on error, return the values."""
-        err, *values = result if isinstance(result, tuple) else (result,)
-        if err != self._rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA runtime error {getattr(err, 'name', err)}")
-        return values[0] if len(values) == 1 else tuple(values)
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._call(self._rt.cudaMalloc(max(int(nbytes), 1))))
-
-    def free(self, ptr: int) -> None:
-        self._call(self._rt.cudaFree(ptr))
-
-    def htod(self, ptr: int, host: np.ndarray) -> None:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call(self._rt.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, kind))
-
-    def dtoh(self, host: np.ndarray, ptr: int) -> None:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call(self._rt.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, kind))
-
-    def stream(self) -> Any:
-        return self._call(self._rt.cudaStreamCreate())
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream)
-
-    def synchronize(self, stream: Any) -> None:
-        self._call(self._rt.cudaStreamSynchronize(stream))
-
-    def event(self) -> Any:
-        return self._call(self._rt.cudaEventCreate())
-
-    def record(self, event: Any, stream: Any) -> None:
-        self._call(self._rt.cudaEventRecord(event, stream))
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        self._call(self._rt.cudaEventSynchronize(end))
-        return float(self._call(self._rt.cudaEventElapsedTime(start, end)))
-
-    def mem_get_info(self) -> tuple[int, int]:
-        free, total = self._call(self._rt.cudaMemGetInfo())
-        return int(free), int(total)
-
-    def device_info(self) -> dict[str, Any]:
-        props = self._call(self._rt.cudaGetDeviceProperties(self._device))
-        driver = int(self._call(self._rt.cudaDriverGetVersion()))
-        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-        return {"name": name.rstrip("\x00"), "driver": f"CUDA {driver // 1000}.{driver % 1000 // 10}",
-                "compute_capability": f"{props.major}.{props.minor}",
-                "memory_total_mb": props.totalGlobalMem / 2**20}
-
-    def close(self) -> None:
-        pass
-
-
-BINDINGS: dict[str, Callable[[], Cuda]] = {"pycuda": PyCuda, "cuda-python": CudaPython}
-
-
-def load_binding(choice: str = "auto") -> Cuda:
-    """pycuda when importable (JetPack's usual), else cuda-python; or the one asked for."""
-    order = list(BINDINGS) if choice == "auto" else [choice]
-    errors = []
-    for name in order:
-        try:
-            return BINDINGS[name]()
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-        except Exception as exc:  # imported, but CUDA itself is unusable (pycuda and cuda-python differ in types)
-            raise EngineError(f"{name} is installed but CUDA is unusable here ({exc}); is the NVIDIA driver "
-                              f"loaded and a GPU visible (nvidia-smi / tegrastats)?") from exc
-    raise EngineError(
-        "no CUDA Python binding is importable (" + "; ".join(errors) + "). "
-        "Install one: `pip install pycuda` (JetPack: `sudo apt install python3-pycuda`) or "
-        "`pip install cuda-python`."
-    )
+BOARD_FILES = ("trt_runner.py", "trt_loader.py", "cuda_binding.py", "latency.py", "bench_report.py", "bench_render.py",
+               "atomic.py", "envinfo.py")
 
 
 class Engine(Protocol):
@@ -379,9 +200,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "in the augkd-edge bench schema.")
     p.add_argument("engine", type=Path, help="serialized TensorRT engine (.engine / .plan)")
     p.add_argument("--batch", default="1,8,32", help="batch sizes, comma list (default 1,8,32)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed iterations per batch (default 10)")
+    p.add_argument("--warmup", type=int, default=latency.DEFAULT_WARMUP,
+                   help=f"untimed iterations per batch (default {latency.DEFAULT_WARMUP})")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iters", type=int, default=None, help="timed iterations per batch (default 100)")
+    budget.add_argument("--iters", type=int, default=None,
+                        help=f"timed iterations per batch (default {latency.DEFAULT_ITERS})")
     budget.add_argument("--seconds", type=float, default=None, help="time budget per batch instead of --iters")
     p.add_argument("--timing", choices=("sync", "events"), default="sync",
                    help="sync: host clock around enqueue+synchronise, comparable with augkd-edge bench "
@@ -403,8 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--batch {args.batch!r}: give comma-separated integers >= 1, such as 1,8,32")
     try:
-        args.budget = latency.Budget(warmup=args.warmup, seconds=args.seconds,
-                                     iters=None if args.seconds is not None else (100 if args.iters is None else args.iters))
+        args.budget = latency.Budget.from_options(args.warmup, args.iters, args.seconds)
     except ValueError as exc:
         p.error(str(exc))
     if not args.engine.is_file():

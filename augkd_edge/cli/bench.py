@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from augkd_edge.errors import UserError
+from augkd_edge.export import latency
 
 BACKENDS = ("torch", "ort", "trt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -151,12 +152,12 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where torch and ONNX Runtime run (TensorRT is always cuda).")
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes (comma list).")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=latency.DEFAULT_WARMUP, show_default=True,
               help="Untimed iterations before measuring each (backend, batch) cell.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
-              help="Timed iterations per cell [default: 100 unless --seconds].")
+              help=f"Timed iterations per cell [default: {latency.DEFAULT_ITERS} unless --seconds].")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Time budget per cell instead of --iters (at least 10 samples).")
+              help=f"Time budget per cell instead of --iters (at least {latency.MIN_BUDGET_ITERS} samples).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and ONNX Runtime (fix it for comparable numbers).")
 @click.option("--cuda-graphs", is_flag=True, help="Replay the torch model as a CUDA graph (--device cuda).")
@@ -181,7 +182,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
 
     from augkd_edge import __version__
     from augkd_edge.checkpoint import check_writable_dir
-    from augkd_edge.export import bench_render, bench_report, envinfo, latency
+    from augkd_edge.export import bench_render, bench_report, envinfo
 
     check_writable_dir(out_dir, "--out")
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
@@ -192,8 +193,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
         raise UserError("--iters and --seconds exclude each other; give one.")
     if (cuda_graphs or torch_precision == "fp16") and device != "cuda":
         raise UserError("--cuda-graphs and --torch-precision fp16 need --device cuda.")
-    budget = latency.Budget(warmup=warmup, seconds=seconds,
-                            iters=None if seconds is not None else (100 if iters is None else iters))
+    budget = latency.Budget.from_options(warmup, iters, seconds)
     batch_list = _int_list(batches, "--batch")
     if threads is not None:
         import torch
