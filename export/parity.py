@@ -9,8 +9,8 @@ on real images of the student domain, not random noise, shows whether it shifts
   ``tolerance = atol + rtol * logit_scale`` where ``logit_scale`` is the largest
   |reference logit| (Polygraphy's atol + rtol, with rtol taken relative to the
   logits' range rather than to each logit: float32 rounding grows with the
-  magnitudes inside the network, so a student whose logits reach 66 legitimately
-  differs by ~1e-4 where one with logits of 5 differs by ~1e-5);
+  magnitudes inside the network; the defaults and the measurements behind them are in
+  docs/decisions.md#export-and-benchmarks);
 - ``max_rel_diff``: max |candidate - reference| / max(|reference|, 1e-6), as
   Polygraphy reports it (informative; relative error explodes near zero logits,
   so it is not gated);
@@ -31,6 +31,7 @@ from augkd_edge.export.latency import batched_logits
 from augkd_edge.export.runtimes import Runner
 
 REL_FLOOR = 1e-6
+# parity tolerance defaults: docs/decisions.md#export-and-benchmarks
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5
 
