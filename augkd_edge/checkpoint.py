@@ -12,16 +12,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 from augkd_edge.errors import UserError, WriteError
+# the one atomic write lives in the torch-free export library (the Jetson runner writes reports with it too)
+from augkd_edge.export.atomic import atomic_write, write_bytes_atomic, write_text_atomic
 
-
-def _umask_mode() -> int:
-    """The mode a plain open() would give: mkstemp's 0600 would hide results from other users."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+__all__ = ["atomic_write", "check_writable_dir", "load_safe", "save_atomic", "write_bytes_atomic", "write_text_atomic"]
 
 
 def check_writable_dir(folder: str | os.PathLike, what: str) -> None:
@@ -47,51 +44,11 @@ def check_writable_dir(folder: str | os.PathLike, what: str) -> None:
                          f"write to.") from None
 
 
-def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None]) -> Path:
-    """Write through ``write(fh)`` into a temp file beside ``path``, then rename it into place.
-
-    An OSError (disk full, no permission) becomes a WriteError naming ``path``; the old file stays.
-    """
-    path = Path(path)
-    try:
-        return _write_replace(path, mode, write)
-    except WriteError:
-        raise
-    except OSError as exc:
-        kept = "the previous version is kept" if path.exists() else "nothing was written"
-        raise WriteError(f"{path}: cannot write it ({exc.strerror or exc}); {kept}. Free disk space "
-                         f"or fix the permissions, or choose another path.") from exc
-
-
-def _write_replace(path: Path, mode: str, write: Callable[[IO], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either old or new, never partial."""
     import torch
 
-    return _atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Same guarantee as :func:`save_atomic` for JSON / Markdown results."""
-    return _atomic_write(path, "w", lambda fh: fh.write(text))
+    return atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
 
 
 def load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:

@@ -42,6 +42,32 @@ import numpy as np
 from augkd_edge.errors import UserError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION = "minmax"
+#: at most this many training images calibrate (a seeded subset); see docs/decisions.md#export-and-benchmarks
+DEFAULT_CALIBRATION_SIZE = 1024
+#: the INT8 gate: refuse a QDQ model whose test top-1 is more than this many points below FP32's
+DEFAULT_MAX_DROP_POINTS = 1.0
+
+
+def calibration_subset(images: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """A seeded subset of at most ``limit`` images (0 = all): calibration cost grows with images,
+    its quality saturates after a few hundred."""
+    if limit <= 0 or len(images) <= limit:
+        return images
+    index = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
+    return images[index]
+
+
+def int8_gate(fp32_top1: float, int8_top1: float, max_drop_points: float, force: bool) -> dict[str, object]:
+    """The accept/reject decision on a QDQ model: its top-1 drop in percentage points against FP32.
+
+    ``accepted`` when the drop is at most ``max_drop_points``; ``forced`` when it is
+    not but the caller keeps the model anyway. These keys go into ``export.json``.
+    """
+    drop = 100.0 * (fp32_top1 - int8_top1)
+    accepted = drop <= max_drop_points
+    return {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "drop_points": drop, "max_drop_points": max_drop_points,
+            "accepted": accepted, "forced": bool(force and not accepted)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from augkd_edge.errors import UserError
 from augkd_edge.export.onnx import export_onnx, with_normalisation
-from augkd_edge.export.parity import batched_logits
+from augkd_edge.export.latency import batched_logits
 from augkd_edge.export.quantize import ImageCalibrationReader, quantize_int8
 from augkd_edge.export.runtimes import OrtRunner
 from augkd_edge.export.trt_ops import check_tensorrt_support
@@ -85,8 +85,8 @@ def test_qdq_model_follows_tensorrt_rules_and_keeps_accuracy(trained):
     test_x, test_y = _colour_data(300, seed=2)
     with OrtRunner(fp32) as f, OrtRunner(int8) as q:
         assert q.precision == "int8" and f.precision == "fp32"
-        acc32 = (batched_logits(f, test_x).argmax(1) == test_y).mean()
-        acc8 = (batched_logits(q, test_x).argmax(1) == test_y).mean()
+        acc32 = (batched_logits(f.infer, test_x).argmax(1) == test_y).mean()
+        acc8 = (batched_logits(q.infer, test_x).argmax(1) == test_y).mean()
     assert acc32 > 0.95
     assert acc32 - acc8 <= 0.01
 
@@ -111,8 +111,8 @@ def test_ort_cpu_form_has_uint8_asymmetric_activations_and_keeps_accuracy(traine
     test_x, test_y = _colour_data(300, seed=2)
     with OrtRunner(fp32) as f, OrtRunner(int8) as q:
         assert q.precision == "int8"
-        acc32 = (batched_logits(f, test_x).argmax(1) == test_y).mean()
-        acc8 = (batched_logits(q, test_x).argmax(1) == test_y).mean()
+        acc32 = (batched_logits(f.infer, test_x).argmax(1) == test_y).mean()
+        acc8 = (batched_logits(q.infer, test_x).argmax(1) == test_y).mean()
     assert acc32 - acc8 <= 0.02
     with pytest.raises(UserError, match="--int8-for 'jetson'"):
         quantize_int8(fp32, root / "x.onnx", calib, target="jetson")
