@@ -130,7 +130,7 @@ class FitResult:
 
 def load_stage_checkpoint(path: Path, stage_name: str, fingerprint: str | None) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it belongs to this stage and config, else None / an error."""
-    from augkd_edge.torch_files import load_safe
+    from augkd_edge.checkpoint import load_safe
 
     if not path.exists():
         return None
@@ -238,7 +238,7 @@ def _resumed(run: "_FitState", stage: Stage, epochs: int, ckpt_path: Path, finge
 def _save(run: "_FitState", stage: Stage, epochs: int, done: bool, fingerprint: str | None, ckpt_path: Path,
           dist: "Dist") -> None:
     """The stage checkpoint (every rank's RNG states; rank 0 writes)."""
-    from augkd_edge.torch_files import save_atomic
+    from augkd_edge.checkpoint import save_atomic
 
     rngs = dist.gather(capture_rng())
     if dist.is_main:

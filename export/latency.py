@@ -28,8 +28,13 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+# The measurement decisions, written once (numbers behind them: docs/decisions.md#export-and-benchmarks)
 PERCENTILE_METHOD = "linear"
 PERCENTILES = (90, 95, 99)
+STD_DDOF = 1  # sample standard deviation
+#: untimed calls before each (model, batch) cell, and timed calls per cell without a time budget
+DEFAULT_WARMUP = 10
+DEFAULT_ITERS = 100
 #: a time budget still takes at least this many samples, so p99 is never a single value
 MIN_BUDGET_ITERS = 10
 #: and at most this many, so a budget on a very fast model keeps a bounded sample list
@@ -65,9 +70,16 @@ class HostClock:
 class Budget:
     """Warm-up plus either a fixed iteration count or a time budget (exactly one)."""
 
-    warmup: int = 10
-    iters: int | None = 100
+    warmup: int = DEFAULT_WARMUP
+    iters: int | None = DEFAULT_ITERS
     seconds: float | None = None
+
+    @classmethod
+    def from_options(cls, warmup: int = DEFAULT_WARMUP, iters: int | None = None,
+                     seconds: float | None = None) -> "Budget":
+        """The command lines' rule: ``seconds`` when given, else ``iters`` (default :data:`DEFAULT_ITERS`)."""
+        return cls(warmup=warmup, seconds=seconds,
+                   iters=None if seconds is not None else (DEFAULT_ITERS if iters is None else iters))
 
     def __post_init__(self) -> None:
         if (self.iters is None) == (self.seconds is None):
@@ -117,7 +129,7 @@ def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, Any]:
     latency = {
         "min": float(a.min()),
         "mean": mean,
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "std": float(a.std(ddof=STD_DDOF)) if a.size > 1 else 0.0,
         "median": float(np.percentile(a, 50, method=PERCENTILE_METHOD)),
         **{f"p{q}": float(np.percentile(a, q, method=PERCENTILE_METHOD)) for q in PERCENTILES},
         "max": float(a.max()),
@@ -189,26 +201,66 @@ def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return rng.random((batch, 3, size, size), dtype=np.float32)
 
 
+def batched_logits(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64,
+                   fixed_batch: int | None = None) -> np.ndarray:
+    """All logits of ``infer`` (a runner's ``infer``: images in [0, 1] -> logits) for ``images``,
+    ``batch_size`` at a time.
+
+    The one padding rule of the project: with ``fixed_batch`` (a graph or engine
+    built for one static batch) every call gets exactly that many images, the last
+    chunk padded by repeating its final image (real data, so no runtime sees an
+    input unlike the ones it was calibrated and checked on); the padding's logits
+    are dropped. Used by parity, the INT8 gate and ``--eval`` top-1 alike.
+    """
+    if len(images) == 0:
+        raise ValueError("no images to run")
+    step = fixed_batch or batch_size
+    out = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        real = len(chunk)
+        if fixed_batch is not None and real < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - real, axis=0)])
+        out.append(np.asarray(infer(np.ascontiguousarray(chunk, dtype=np.float32)))[:real])
+    return np.concatenate(out)
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,)) -> dict[str, float]:
+    """Top-k hit rates as fractions: ``{"top1": ..., "top3": ...}``.
+
+    A k at or beyond the class count counts every sample as a hit; no samples give NaN.
+    """
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(logits) != len(labels):
+        raise ValueError(f"{len(logits)} logits for {len(labels)} labels")
+    if len(labels) == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    kmax = min(max(ks), logits.shape[1])
+    if kmax == 1:
+        ranked = logits.argmax(axis=1)[:, None]  # ties: the lower class index, as below
+    else:
+        ranked = np.argsort(-logits, axis=1, kind="stable")[:, :kmax]  # ties: the lower class index first
+    hits = ranked == labels[:, None]
+    return {f"top{k}": float(hits[:, :k].any(axis=1).mean()) if k <= kmax else 1.0 for k in ks}
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of correct argmax predictions."""
+    return topk_accuracy(logits, labels, (1,))["top1"]
+
+
 def top1(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
          batch: int) -> float:
-    """Top-1 accuracy of ``infer`` (images in [0, 1] -> logits) on a labelled split.
+    """Top-1 accuracy of ``infer`` on a labelled split, ``batch`` images per call.
 
     Measured with the same runner as the latency so a precision's accuracy and
-    speed come from one artefact (the FP32 / INT8 / FP16 trade-off table). The
-    last chunk is padded to ``batch`` (padding rows dropped from the logits) so
-    engines built for one static batch size can be evaluated too.
+    speed come from one artefact (the FP32 / INT8 / FP16 trade-off table). Every
+    call gets exactly ``batch`` images (the padding rule of :func:`batched_logits`)
+    so engines built for one static batch size can be evaluated too.
     """
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError("need as many labels as images, and at least one")
-    correct = 0
-    for start in range(0, len(images), batch):
-        chunk = np.ascontiguousarray(images[start:start + batch], dtype=np.float32)
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
-        logits = np.asarray(infer(chunk))[:n]
-        correct += int((logits.argmax(axis=1) == labels[start:start + n]).sum())
-    return correct / len(images)
+    return top1_accuracy(batched_logits(infer, images, fixed_batch=batch), labels)
 
 
 @dataclasses.dataclass

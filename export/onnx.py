@@ -46,7 +46,7 @@ class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, the same arithmetic as torchvision's Normalize.
 
     Kept as buffers (not folded into the first convolution) so the exported
-    ``Sub``/``Div`` reproduce training's float operations: parity must be ~1e-6.
+    ``Sub``/``Div`` reproduce training's float operations (parity: docs/decisions.md#export-and-benchmarks).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:

@@ -9,15 +9,16 @@ on real images of the student domain, not random noise, shows whether it shifts
   ``tolerance = atol + rtol * logit_scale`` where ``logit_scale`` is the largest
   |reference logit| (Polygraphy's atol + rtol, with rtol taken relative to the
   logits' range rather than to each logit: float32 rounding grows with the
-  magnitudes inside the network, so a student whose logits reach 66 legitimately
-  differs by ~1e-4 where one with logits of 5 differs by ~1e-5);
+  magnitudes inside the network; the defaults and the measurements behind them are in
+  docs/decisions.md#export-and-benchmarks);
 - ``max_rel_diff``: max |candidate - reference| / max(|reference|, 1e-6), as
   Polygraphy reports it (informative; relative error explodes near zero logits,
   so it is not gated);
 - ``top1_agreement``: fraction of images whose argmax matches (gated by ``min_agreement``).
 
-Accuracy helpers for the INT8 gate live here too, because they share the
-batching (fixed-batch graphs need the last batch padded).
+Batching (and its padding rule for fixed-batch graphs) and top-1 are
+``latency.batched_logits`` / ``latency.top1_accuracy``, the same code the
+latency benchmark and the Jetson runner use.
 """
 
 from __future__ import annotations
@@ -26,38 +27,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from augkd_edge.export.latency import batched_logits
 from augkd_edge.export.runtimes import Runner
 
 REL_FLOOR = 1e-6
+# parity tolerance defaults: docs/decisions.md#export-and-benchmarks
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5
-
-
-def batched_logits(runner: Runner, images: np.ndarray, batch_size: int = 64, fixed_batch: int | None = None) -> np.ndarray:
-    """All logits for ``images``, ``batch_size`` at a time.
-
-    ``fixed_batch``: the graph's static batch; batches are then exactly that
-    size and the last one is padded by repeating its final image (outputs
-    of the padding are dropped).
-    """
-    if len(images) == 0:
-        raise ValueError("no images to run")
-    step = fixed_batch or batch_size
-    out = []
-    for start in range(0, len(images), step):
-        chunk = images[start : start + step]
-        real = len(chunk)
-        if fixed_batch is not None and real < fixed_batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - real, axis=0)])
-        out.append(runner.infer(np.ascontiguousarray(chunk, dtype=np.float32))[:real])
-    return np.concatenate(out)
-
-
-def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of correct argmax predictions."""
-    if len(logits) != len(labels):
-        raise ValueError(f"{len(logits)} logits for {len(labels)} labels")
-    return float((logits.argmax(axis=1) == labels).mean())
 
 
 @dataclass
@@ -136,8 +112,8 @@ def compare_runners(
     rtol: float = DEFAULT_RTOL,
 ) -> ParityReport:
     """Run the same images through both runners and compare (see module docstring)."""
-    ref = batched_logits(reference, images, batch_size, fixed_batch)
-    cand = batched_logits(candidate, images, batch_size, fixed_batch)
+    ref = batched_logits(reference.infer, images, batch_size, fixed_batch)
+    cand = batched_logits(candidate.infer, images, batch_size, fixed_batch)
     names = (f"{reference.name}-{reference.device}-{reference.precision}",
              f"{candidate.name}-{candidate.device}-{candidate.precision}")
     return compare_logits(ref, cand, atol, min_agreement, names, rtol=rtol)

@@ -1,4 +1,17 @@
-"""INT8 post-training quantization into the QDQ form TensorRT 10 builds from.
+"""INT8 post-training quantization, in the form the target runs fastest (``INT8_FORMATS``).
+
+Two targets, two formats (measured: ``benchmarks/int8_formats.py``, results in
+``benchmarks/results/int8-formats-cpu-2core/``):
+
+- ``tensorrt``: the QDQ form TensorRT 10 builds from (below). ONNX Runtime's
+  CPU kernels run this form 4-8x *slower* than FP32 (symmetric signed
+  activations have no fast path there).
+- ``ort-cpu``: QDQ with unsigned, asymmetric activations, signed per-channel
+  weights and ``reduce_range`` (7-bit weights, no overflow in the U8S8 dot
+  products of CPUs without VNNI): the form ORT's CPU execution provider fuses
+  into its integer kernels.
+
+The TensorRT form:
 
 ONNX Runtime's static quantizer writes ``QuantizeLinear``/``DequantizeLinear``
 pairs around the float graph (QDQ format), which is TensorRT's *explicit
@@ -19,6 +32,7 @@ the test split would leak the very images the accuracy gate is measured on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import tempfile
 from pathlib import Path
@@ -28,6 +42,53 @@ import numpy as np
 from augkd_edge.errors import UserError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION = "minmax"
+#: at most this many training images calibrate (a seeded subset); see docs/decisions.md#export-and-benchmarks
+DEFAULT_CALIBRATION_SIZE = 1024
+#: the INT8 gate: refuse a QDQ model whose test top-1 is more than this many points below FP32's
+DEFAULT_MAX_DROP_POINTS = 1.0
+
+
+def calibration_subset(images: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """A seeded subset of at most ``limit`` images (0 = all): calibration cost grows with images,
+    its quality saturates after a few hundred."""
+    if limit <= 0 or len(images) <= limit:
+        return images
+    index = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
+    return images[index]
+
+
+def int8_gate(fp32_top1: float, int8_top1: float, max_drop_points: float, force: bool) -> dict[str, object]:
+    """The accept/reject decision on a QDQ model: its top-1 drop in percentage points against FP32.
+
+    ``accepted`` when the drop is at most ``max_drop_points``; ``forced`` when it is
+    not but the caller keeps the model anyway. These keys go into ``export.json``.
+    """
+    drop = 100.0 * (fp32_top1 - int8_top1)
+    accepted = drop <= max_drop_points
+    return {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "drop_points": drop, "max_drop_points": max_drop_points,
+            "accepted": accepted, "forced": bool(force and not accepted)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Format:
+    """The quantizer settings for one runtime, and how export.json describes them."""
+
+    activations: str  # onnxruntime.quantization.QuantType name
+    symmetric_activations: bool
+    reduce_range: bool
+    description: dict[str, str]
+
+
+INT8_FORMATS = {
+    "tensorrt": Int8Format("QInt8", True, False, {
+        "format": "QDQ (ONNX Runtime static quantization; TensorRT explicit quantization)",
+        "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel", "bias": "float"}),
+    "ort-cpu": Int8Format("QUInt8", False, True, {
+        "format": "QDQ (ONNX Runtime static quantization, for its CPU execution provider)",
+        "activations": "uint8 asymmetric per-tensor", "weights": "int8 symmetric per-channel, reduce_range",
+        "bias": "float"}),
+}
 
 
 class ImageCalibrationReader:
@@ -86,8 +147,9 @@ def quantize_int8(
     batch_size: int = 32,
     fixed_batch: int | None = None,
     percentile: float = 99.999,
+    target: str = "tensorrt",
 ) -> Path:
-    """Write the QDQ INT8 model of ``fp32_path`` to ``out_path`` (see module docstring).
+    """Write the INT8 model of ``fp32_path`` for ``target`` (a key of ``INT8_FORMATS``) to ``out_path``.
 
     The float model is first run through ``quant_pre_process`` (shape inference
     and ORT's graph cleanup: BatchNorm folding, constant folding), which the
@@ -98,10 +160,13 @@ def quantize_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if target not in INT8_FORMATS:
+        raise UserError(f"--int8-for {target!r}: choose one of {', '.join(INT8_FORMATS)}.")
+    fmt = INT8_FORMATS[target]
     calibrate_method = _calibrate_method(method)
     reader = ImageCalibrationReader(calibration_images, input_name, batch_size, fixed_batch)
     extra_options = {
-        "ActivationSymmetric": True,
+        "ActivationSymmetric": fmt.symmetric_activations,
         "WeightSymmetric": True,
         "QuantizeBias": False,
     }
@@ -120,7 +185,8 @@ def quantize_int8(
                     reader,
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
-                    activation_type=QuantType.QInt8,
+                    reduce_range=fmt.reduce_range,
+                    activation_type=getattr(QuantType, fmt.activations),
                     weight_type=QuantType.QInt8,
                     calibrate_method=calibrate_method,
                     extra_options=extra_options,

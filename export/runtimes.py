@@ -22,13 +22,13 @@ only fails when that runner is created, with a message saying what to install.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from augkd_edge.errors import UserError
+from augkd_edge.export.trt_loader import import_tensorrt, load_engine
 
 if TYPE_CHECKING:
     from torch import nn
@@ -254,64 +254,30 @@ class OrtRunner(_RunnerBase):
         self.session = None
 
 
-def engine_metadata_path(engine_path: str | Path) -> Path:
-    """Where the metadata of an engine lives: ``student.engine`` -> ``student.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def import_tensorrt():
-    """``import tensorrt`` with an actionable message when it is missing."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError as exc:
-        raise UserError(
-            "TensorRT is not importable here (pip install tensorrt on an x86 machine with an NVIDIA GPU; "
-            "on Jetson it ships with JetPack). Without it, `augkd-edge export --trt` writes build_engine.sh "
-            "to build the engine on the target with trtexec."
-        ) from exc
-    return trt
-
-
 class TrtRunner(_RunnerBase):
     """A serialized TensorRT 10 engine, with torch CUDA tensors as I/O buffers.
 
-    The engine's precision is read from its metadata file (written by
-    ``export.tensorrt.build_engine``) because a deserialized engine does not say
-    which builder flags made it. Dynamic batch is handled per call through
-    ``set_input_shape`` within the engine's optimisation profile.
+    Loading (and the precision, from the engine's metadata file) is
+    ``trt_loader.load_engine``, shared with the torch-free runner. Dynamic batch
+    is handled per call through ``set_input_shape`` within the engine's
+    optimisation profile.
     """
 
     name = "trt"
     device = "cuda"
 
     def __init__(self, engine_path: str | Path) -> None:
-        trt = import_tensorrt()
+        trt = import_tensorrt()  # first: its absence is the most common problem and has the clearest fix
         import torch
 
         self.path = Path(engine_path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: engine file not found; build one with `augkd-edge export --trt`.")
         if not torch.cuda.is_available():
             raise UserError(f"{self.path}: TensorRT engines need a CUDA GPU and none is visible.")
-        meta_path = engine_metadata_path(self.path)
-        self.metadata: dict = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self._loaded = load_engine(self.path)
+        self.metadata = self._loaded.metadata
         self.precision = str(self.metadata.get("precision", "fp32"))
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise UserError(
-                f"{self.path}: TensorRT could not deserialize this engine (built by another TensorRT "
-                f"version or for another GPU? engines are not portable); rebuild it here."
-            )
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise UserError(f"{self.path}: expected one input and one output tensor, got {inputs} -> {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.engine, self.context = self._loaded.engine, self._loaded.context
+        self.input_name, self.output_name = self._loaded.input_name, self._loaded.output_name
         self._in_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self._out_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
         self._stream = torch.cuda.Stream()
@@ -352,6 +318,7 @@ class TrtRunner(_RunnerBase):
         self._staged = self._out = None
         self.context = None
         self.engine = None
+        self._loaded = None
 
 
 def _torch_dtype(trt: Any, dtype: Any):

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from augkd_edge.errors import UserError
-from augkd_edge.export.runtimes import engine_metadata_path, import_tensorrt
+from augkd_edge.export.atomic import write_bytes_atomic, write_text_atomic
+from augkd_edge.export.trt_loader import engine_metadata_path, import_tensorrt
 
 TIMING_CACHE_NAME = "timing.cache"
 
@@ -85,23 +84,9 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    """Engine files are large and slow to rebuild: never leave a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(obj: dict, path: Path) -> Path:
-    return write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), path)
+def write_json_atomic(obj: dict, path: str | Path) -> Path:
+    """``export.json`` and engine metadata: indented JSON, through the project's one atomic write."""
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
 def trtexec_command(onnx_file: str, engine_file: str, settings: EngineSettings,

@@ -3,19 +3,19 @@
 JetPack images ship TensorRT and often no matching torch, so this runner needs
 only ``tensorrt``, ``numpy`` and a CUDA Python binding: pycuda (what JetPack
 users usually have) or NVIDIA's ``cuda-python`` when pycuda is absent. It uses
-the same measurement loop, statistics and report schema as
-``augkd-edge bench`` (``latency.py``, ``bench_report.py``, ``envinfo.py``), so a
-board's report goes straight into ``augkd-edge bench compare``.
+the same engine loader as ``runtimes.TrtRunner`` (``trt_loader.py``) and the
+same measurement loop, statistics and report schema as ``augkd-edge bench``
+(``latency.py``, ``bench_report.py``, ``bench_render.py``, ``envinfo.py``), so
+a board's report goes straight into ``augkd-edge bench compare``.
 
 Run inside the installed package::
 
     python -m augkd_edge.export.trt_runner student.engine --batch 1,8 --out report-orin
 
-or copy this file with ``latency.py``, ``bench_report.py`` and ``envinfo.py``
-into one folder on the board and run ``python3 trt_runner.py ...`` there
-(docs/jetson.md).
+or copy the :data:`BOARD_FILES` into one folder on the board and run
+``python3 trt_runner.py ...`` there (docs/jetson.md).
 
-Layers: the :class:`Cuda` binding (buffers, streams, events, memory info) and
+Layers: the :class:`cuda_binding.Cuda` binding (buffers, streams, events, memory info) and
 :class:`EngineRunner` (a TensorRT 10 engine behind the runner interface of
 ``runtimes.py``) are the only code touching the GPU; :func:`main` sees them
 through :class:`Engine`, so argument handling and the report are tested with a
@@ -25,7 +25,6 @@ fake engine on machines without a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -33,205 +32,22 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 if __package__:
-    from . import bench_report, envinfo, latency
+    from . import bench_render, bench_report, envinfo, latency
+    from .cuda_binding import BINDINGS, Cuda, load_binding
+    from .trt_loader import EngineError, import_tensorrt, load_engine
 else:  # loose copy on a board: the sibling files sit next to this one (sys.path[0])
+    import bench_render  # type: ignore[no-redef]
     import bench_report  # type: ignore[no-redef]
     import envinfo  # type: ignore[no-redef]
     import latency  # type: ignore[no-redef]
-
-try:  # inside the augkd_edge package, engine problems are ordinary user errors
-    from augkd_edge.errors import UserError as _UserFacing
-except ImportError:  # loose copy on a board
-    _UserFacing = RuntimeError  # type: ignore[assignment,misc]
+    from cuda_binding import BINDINGS, Cuda, load_binding  # type: ignore[no-redef]
+    from trt_loader import EngineError, import_tensorrt, load_engine  # type: ignore[no-redef]
 
 TOOL = "trt_runner"
 TOOL_VERSION = "1"
-
-
-class EngineError(_UserFacing):
-    """An engine or CUDA-binding problem the user fixes; the message names the file and the fix."""
-
-
-class Cuda(Protocol):
-    """The CUDA calls the runner needs; pycuda and cuda-python each implement it.
-
-    Copies are synchronous (numpy's pageable memory; staging is outside the timed loop).
-    """
-
-    name: str
-
-    def malloc(self, nbytes: int) -> int: ...
-    def free(self, ptr: int) -> None: ...
-    def htod(self, ptr: int, host: np.ndarray) -> None: ...
-    def dtoh(self, host: np.ndarray, ptr: int) -> None: ...
-    def stream(self) -> Any: ...
-    def stream_handle(self, stream: Any) -> int: ...
-    def synchronize(self, stream: Any) -> None: ...
-    def event(self) -> Any: ...
-    def record(self, event: Any, stream: Any) -> None: ...
-    def elapsed_ms(self, start: Any, end: Any) -> float: ...
-    def mem_get_info(self) -> tuple[int, int]: ...
-    def device_info(self) -> dict[str, Any]: ...
-    def close(self) -> None: ...
-
-
-class PyCuda:
-    """pycuda, on the device's primary context (the one TensorRT's runtime calls use)."""
-
-    name = "pycuda"
-
-    def __init__(self, device: int = 0) -> None:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        self._cuda = cuda
-        self._device = cuda.Device(device)
-        self._context = self._device.retain_primary_context()
-        self._context.push()
-        self._allocations: dict[int, Any] = {}
-
-    def malloc(self, nbytes: int) -> int:
-        allocation = self._cuda.mem_alloc(max(int(nbytes), 1))
-        self._allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def free(self, ptr: int) -> None:
-        self._allocations.pop(ptr).free()
-
-    def htod(self, ptr: int, host: np.ndarray) -> None:
-        self._cuda.memcpy_htod(ptr, host)
-
-    def dtoh(self, host: np.ndarray, ptr: int) -> None:
-        self._cuda.memcpy_dtoh(host, ptr)
-
-    def stream(self) -> Any:
-        return self._cuda.Stream()
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.handle)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
-    def event(self) -> Any:
-        return self._cuda.Event()
-
-    def record(self, event: Any, stream: Any) -> None:
-        event.record(stream)
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        end.synchronize()
-        return float(start.time_till(end))
-
-    def mem_get_info(self) -> tuple[int, int]:
-        free, total = self._cuda.mem_get_info()
-        return int(free), int(total)
-
-    def device_info(self) -> dict[str, Any]:
-        major, minor = self._device.compute_capability()
-        driver = self._cuda.get_driver_version()
-        return {"name": self._device.name(), "driver": f"CUDA {driver // 1000}.{driver % 1000 // 10}",
-                "compute_capability": f"{major}.{minor}",
-                "memory_total_mb": self._device.total_memory() / 2**20}
-
-    def close(self) -> None:
-        for allocation in self._allocations.values():
-            allocation.free()
-        self._allocations.clear()
-        self._context.pop()
-        self._context.detach()
-
-
-class CudaPython:
-    """NVIDIA's cuda-python runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
-
-    name = "cuda-python"
-
-    def __init__(self, device: int = 0) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # type: ignore[no-redef]
-        self._rt = cudart
-        self._device = device
-        self._call(cudart.cudaSetDevice(device))
-
-    def _call(self, result: Any) -> Any:
-        """cuda-python returns (error, values...); raise on error, return the values."""
-        err, *values = result if isinstance(result, tuple) else (result,)
-        if err != self._rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA runtime error {getattr(err, 'name', err)}")
-        return values[0] if len(values) == 1 else tuple(values)
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._call(self._rt.cudaMalloc(max(int(nbytes), 1))))
-
-    def free(self, ptr: int) -> None:
-        self._call(self._rt.cudaFree(ptr))
-
-    def htod(self, ptr: int, host: np.ndarray) -> None:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call(self._rt.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, kind))
-
-    def dtoh(self, host: np.ndarray, ptr: int) -> None:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call(self._rt.cudaMemcpy(host.ctypes.data, ptr, host.nbytes, kind))
-
-    def stream(self) -> Any:
-        return self._call(self._rt.cudaStreamCreate())
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream)
-
-    def synchronize(self, stream: Any) -> None:
-        self._call(self._rt.cudaStreamSynchronize(stream))
-
-    def event(self) -> Any:
-        return self._call(self._rt.cudaEventCreate())
-
-    def record(self, event: Any, stream: Any) -> None:
-        self._call(self._rt.cudaEventRecord(event, stream))
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        self._call(self._rt.cudaEventSynchronize(end))
-        return float(self._call(self._rt.cudaEventElapsedTime(start, end)))
-
-    def mem_get_info(self) -> tuple[int, int]:
-        free, total = self._call(self._rt.cudaMemGetInfo())
-        return int(free), int(total)
-
-    def device_info(self) -> dict[str, Any]:
-        props = self._call(self._rt.cudaGetDeviceProperties(self._device))
-        driver = int(self._call(self._rt.cudaDriverGetVersion()))
-        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-        return {"name": name.rstrip("\x00"), "driver": f"CUDA {driver // 1000}.{driver % 1000 // 10}",
-                "compute_capability": f"{props.major}.{props.minor}",
-                "memory_total_mb": props.totalGlobalMem / 2**20}
-
-    def close(self) -> None:
-        pass
-
-
-BINDINGS: dict[str, Callable[[], Cuda]] = {"pycuda": PyCuda, "cuda-python": CudaPython}
-
-
-def load_binding(choice: str = "auto") -> Cuda:
-    """pycuda when importable (JetPack's usual), else cuda-python; or the one asked for."""
-    order = list(BINDINGS) if choice == "auto" else [choice]
-    errors = []
-    for name in order:
-        try:
-            return BINDINGS[name]()
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-        except Exception as exc:  # imported, but CUDA itself is unusable (pycuda and cuda-python differ in types)
-            raise EngineError(f"{name} is installed but CUDA is unusable here ({exc}); is the NVIDIA driver "
-                              f"loaded and a GPU visible (nvidia-smi / tegrastats)?") from exc
-    raise EngineError(
-        "no CUDA Python binding is importable (" + "; ".join(errors) + "). "
-        "Install one: `pip install pycuda` (JetPack: `sudo apt install python3-pycuda`) or "
-        "`pip install cuda-python`."
-    )
+#: what a board needs from export/ (this file and every module it imports, none of them torch)
+BOARD_FILES = ("trt_runner.py", "trt_loader.py", "cuda_binding.py", "latency.py", "bench_report.py", "bench_render.py",
+               "atomic.py", "envinfo.py")
 
 
 class Engine(Protocol):
@@ -288,28 +104,6 @@ class _CudaMemoryInUse:
         return (total - free) / 2**20
 
 
-def engine_metadata(engine_path: Path) -> dict[str, Any]:
-    """``student.engine.json`` next to the engine (the convention of runtimes.engine_metadata_path)."""
-    meta = engine_path.with_name(engine_path.name + ".json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def load_engine(trt: Any, logger: Any, path: Path) -> tuple[Any, Any, Any, str, str]:
-    """Deserialize a one-input, one-output TensorRT 10 engine: (runtime, engine, context,
-    input name, output name). The runtime is returned because the engine must not outlive it."""
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise EngineError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine (built with "
-                          f"another TensorRT version or for another GPU?); rebuild it on this machine.")
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise EngineError(f"{path}: expected one input and one output tensor, got {inputs} -> {outputs}.")
-    return runtime, engine, engine.create_execution_context(), inputs[0], outputs[0]
-
-
 class EngineRunner:
     """A serialized TensorRT 10 engine with one input and one output, on device buffers of :class:`Cuda`.
 
@@ -321,16 +115,14 @@ class EngineRunner:
     device = "cuda"
 
     def __init__(self, engine_path: str | Path, cuda: Cuda, precision: str | None = None) -> None:
-        import tensorrt as trt
-
         self.path = Path(engine_path)
         self.cuda = cuda
-        self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime, self.engine, self.context, self.input_name, self.output_name = load_engine(
-            trt, self._logger, self.path)
+        self._loaded = load_engine(self.path)  # the same loader as runtimes.TrtRunner
+        trt = self._loaded.trt
+        self.engine, self.context = self._loaded.engine, self._loaded.context
+        self.input_name, self.output_name = self._loaded.input_name, self._loaded.output_name
         self.input_size = int(self.engine.get_tensor_shape(self.input_name)[-1])
-        self.precision = precision or str(engine_metadata(self.path).get("precision", "unknown"))
+        self.precision = precision or str(self._loaded.metadata.get("precision", "unknown"))
         self._in_dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
         self._out_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output_name))
         self.stream = cuda.stream()
@@ -351,7 +143,7 @@ class EngineRunner:
         x = np.ascontiguousarray(x, dtype=self._in_dtype)
         if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
             raise ValueError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile "
-                             f"{tuple(self.engine.get_tensor_profile_shape(self.input_name, 0))}")
+                             f"{self._loaded.profile()}")
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         self._host_out = np.empty(out_shape, dtype=self._out_dtype)
         in_ptr = self._buffer(self.input_name, x.nbytes)
@@ -389,15 +181,14 @@ class EngineRunner:
 
     def info(self) -> dict[str, Any]:
         size = getattr(self.engine, "device_memory_size_v2", None) or getattr(self.engine, "device_memory_size", 0)
-        profile = self.engine.get_tensor_profile_shape(self.input_name, 0)
         return {"cuda_binding": self.cuda.name, "engine_activation_mb": size / 2**20,
-                "profile": [list(map(int, s)) for s in profile]}
+                "profile": self._loaded.profile()}
 
     def close(self) -> None:
         for ptr, _ in self._buffers.values():
             self.cuda.free(ptr)
         self._buffers.clear()
-        self.context = self.engine = None
+        self.context = self.engine = self._loaded = None
         self.cuda.close()
 
 
@@ -409,9 +200,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "in the augkd-edge bench schema.")
     p.add_argument("engine", type=Path, help="serialized TensorRT engine (.engine / .plan)")
     p.add_argument("--batch", default="1,8,32", help="batch sizes, comma list (default 1,8,32)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed iterations per batch (default 10)")
+    p.add_argument("--warmup", type=int, default=latency.DEFAULT_WARMUP,
+                   help=f"untimed iterations per batch (default {latency.DEFAULT_WARMUP})")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iters", type=int, default=None, help="timed iterations per batch (default 100)")
+    budget.add_argument("--iters", type=int, default=None,
+                        help=f"timed iterations per batch (default {latency.DEFAULT_ITERS})")
     budget.add_argument("--seconds", type=float, default=None, help="time budget per batch instead of --iters")
     p.add_argument("--timing", choices=("sync", "events"), default="sync",
                    help="sync: host clock around enqueue+synchronise, comparable with augkd-edge bench "
@@ -433,8 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--batch {args.batch!r}: give comma-separated integers >= 1, such as 1,8,32")
     try:
-        args.budget = latency.Budget(warmup=args.warmup, seconds=args.seconds,
-                                     iters=None if args.seconds is not None else (100 if args.iters is None else args.iters))
+        args.budget = latency.Budget.from_options(args.warmup, args.iters, args.seconds)
     except ValueError as exc:
         p.error(str(exc))
     if not args.engine.is_file():
@@ -446,11 +238,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def open_engine(args: argparse.Namespace) -> Engine:
     """The real GPU path: TensorRT + a CUDA binding."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as exc:
-        raise EngineError(f"TensorRT's Python bindings are not importable ({exc}); on Jetson they come with "
-                          f"JetPack (python3-libnvinfer), elsewhere `pip install tensorrt`.") from exc
+    import_tensorrt()  # before a CUDA context is made: its absence is the likelier problem
     cuda = load_binding(args.binding)
     try:
         return EngineRunner(args.engine, cuda, precision=args.precision)
@@ -483,7 +271,7 @@ def main(argv: Sequence[str] | None = None, opener: Callable[[argparse.Namespace
                             on_error=lambda msg: print(f"failed: {msg}", file=sys.stderr))
     environment = envinfo.capture(label=args.label, gpus=gpus, threads={})
     report = bench_report.build_report(rows, environment, args.budget.as_dict(), TOOL, TOOL_VERSION)
-    for path in bench_report.write_report(report, args.out):
+    for path in bench_render.write_report(report, args.out):
         print(f"wrote {path}")
     for row in rows:
         if "error" not in row:

@@ -4,10 +4,10 @@ Eager PyTorch mixes (two passes), concatenates (a copy of both halves) and
 normalises (another pass over ``2B`` images). The kernel reads ``x`` and ``g``
 once and writes both halves of the ``[2B, C, H, W]`` batch straight into one
 buffer, so real and mixed images get exactly the same normalisation (the public
-reference code normalised them differently; METHOD.md, defect 2).
+reference code normalised them differently: docs/method.md, "What differs from the authors' public code").
 
 Not differentiable: mixup images are made under ``torch.no_grad()`` from the
-frozen generator (METHOD.md, Module 3), so a backward pass would be wasted work.
+frozen generator (docs/method.md, Module 3), so a backward pass would be wasted work.
 """
 
 from __future__ import annotations

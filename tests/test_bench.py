@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from augkd_edge.cli import main
 from augkd_edge.errors import UserError
-from augkd_edge.export import bench_report, envinfo, latency
+from augkd_edge.export import bench_compare, bench_render, bench_report, envinfo, latency
 
 # -- statistics -----------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ def test_report_files_and_embedded_plots(tmp_path: Path) -> None:
     report = _report("ws", {("ort", 1): 2.0, ("ort", 8): 4.0, ("torch", 1): 3.0})
     report["results"].append({"model": "x.engine", "backend": "trt", "device": "cuda", "precision": "fp16",
                               "batch": 1, "error": "RuntimeError: no GPU"})
-    paths = bench_report.write_report(report, tmp_path)
+    paths = bench_render.write_report(report, tmp_path)
     assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
     loaded = bench_report.load_report(tmp_path)
     assert loaded["schema"] == 1 and loaded["settings"]["percentile_method"] == "linear"
@@ -230,7 +230,7 @@ def test_bad_reports_are_user_errors_naming_the_file(tmp_path: Path, text: str, 
 def test_compare_speedups_against_the_baseline() -> None:
     a = _report("old", {("ort", 1): 4.0, ("ort", 8): 8.0})
     b = _report("new", {("ort", 1): 2.0, ("torch", 1): 1.0})
-    cmp = bench_report.compare([a, b], ["old", "new"], baseline=0)
+    cmp = bench_compare.compare([a, b], ["old", "new"], baseline=0)
     rows = {(r["backend"], r["batch"]): r["reports"] for r in cmp["rows"]}
     assert rows[("ort", 1)][0]["speedup"] == pytest.approx(1.0)
     assert rows[("ort", 1)][1]["speedup"] == pytest.approx(2.0)  # 4 ms -> 2 ms
@@ -238,25 +238,25 @@ def test_compare_speedups_against_the_baseline() -> None:
     assert rows[("torch", 1)][1]["speedup"] is None  # nothing to compare with
     assert all(r["model"] == "student.onnx" for r in cmp["rows"])  # matched by file name across machines
     with pytest.raises(UserError, match="out of range"):
-        bench_report.compare([a, b], ["old", "new"], baseline=2)
+        bench_compare.compare([a, b], ["old", "new"], baseline=2)
 
 
 def test_compare_across_builds_matches_on_batch_only(tmp_path: Path) -> None:
     ws = _report("ws", {("ort", 1): 4.0, ("ort", 8): 8.0})
     board = _report("orin", {("trt", 1): 1.0, ("trt", 8): 2.0})
-    default = bench_report.compare([ws, board], ["ws", "orin"])
+    default = bench_compare.compare([ws, board], ["ws", "orin"])
     assert not [r for r in default["rows"] if all(r["reports"])]  # ort and trt never line up by default
-    cmp = bench_report.compare([ws, board], ["ws", "orin"], match=[])
+    cmp = bench_compare.compare([ws, board], ["ws", "orin"], match=[])
     assert [(r["batch"], r["reports"][1]["speedup"]) for r in cmp["rows"]] == [(1, 4.0), (8, 4.0)]
     assert cmp["rows"][0]["reports"][1]["config"] == "student.onnx trt cpu fp32"
-    header, _ = bench_report.compare_table(cmp)
+    header, _ = bench_render.compare_table(cmp)
     assert header[:2] == ["batch", "ws config"]
     both = _report("ws2", {("ort", 1): 4.0, ("torch", 1): 9.0})
     with pytest.raises(UserError, match="two rows match the same entry"):
-        bench_report.compare([both, board], ["ws2", "orin"], match=[])
+        bench_compare.compare([both, board], ["ws2", "orin"], match=[])
     with pytest.raises(UserError, match="--match colour: unknown field"):
-        bench_report.compare([ws, board], ["ws", "orin"], match=["colour"])
-    bench_report.write_comparison(cmp, [ws, board], tmp_path)
+        bench_compare.compare([ws, board], ["ws", "orin"], match=["colour"])
+    bench_compare.write_comparison(cmp, [ws, board], tmp_path)
     assert "rows matched on batch" in (tmp_path / "compare.md").read_text()
 
 

@@ -19,15 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("augkd_edge", "export", "kernels", "benchmarks")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# export/ modules over 400 lines on this branch; the export branch splits them.
-EXPORT_MODULES_PENDING = {"export/bench_report.py", "export/trt_runner.py"}
-
 FILES = sorted(str(p.relative_to(ROOT)) for folder in FOLDERS for p in (ROOT / folder).rglob("*.py"))
-
-
-def _params(pending: set[str]) -> list:
-    return [pytest.param(f, marks=pytest.mark.xfail(strict=False, reason="fixed on the export branch"))
-            if f in pending else f for f in FILES]
 
 
 def _is_jit(node: ast.expr) -> bool:
@@ -57,7 +49,7 @@ def long_functions(source: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("path", _params(EXPORT_MODULES_PENDING))
+@pytest.mark.parametrize("path", FILES)
 def test_module_size(path: str) -> None:
     lines = len((ROOT / path).read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_MODULE_LINES, f"{path}: {lines} lines (split it by concern)"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from augkd_edge.torch_files import load_safe
+from augkd_edge.checkpoint import load_safe
 from augkd_edge.engine import TrainingDiverged, fit
 from augkd_edge.evaluate import topk_accuracy
 from augkd_edge.metrics_log import MetricsLog

@@ -90,6 +90,9 @@ def test_onnx_int8_and_trt_bundle(run_dir, tmp_path):
         assert _sha(out / name) == entry["sha256"], name
 
     int8 = record["int8"]
+    assert int8["target"] == "tensorrt" and int8["activations"] == "int8 symmetric per-tensor"  # --trt's form
+    assert int8["speed_here"]["speedup"] > 0 and int8["speed_here"]["backend"] == "ort-cpu"
+    assert "INT8 on this machine (ONNX Runtime CPU" in result.output
     assert int8["calibration"] == "minmax" and int8["calibration_split"] == "train"
     assert int8["calibration_images"] == 64 and int8["test_images"] == len(TEST)
     assert int8["drop_points"] == pytest.approx(100 * (int8["fp32_top1"] - int8["int8_top1"]))
@@ -115,8 +118,9 @@ def test_onnx_int8_and_trt_bundle(run_dir, tmp_path):
 
 def test_int8_drop_over_the_limit_is_refused_unless_forced(run_dir, tmp_path):
     refused = tmp_path / "refused"
-    result = _export(str(run_dir / "student.pt"), "--int8", "--opset", "17", "--calibration-size", "64",
-                     "--threads", "1", "--out", str(refused))
+    # the TensorRT form loses ~7.5 points on this model: a gate that fails
+    result = _export(str(run_dir / "student.pt"), "--int8", "--int8-for", "tensorrt", "--opset", "17",
+                     "--calibration-size", "64", "--threads", "1", "--out", str(refused))
     assert result.exit_code == 3, result.output
     assert "--max-drop" in result.output and "not kept" in result.output
     assert (refused / "student.onnx").is_file() and not (refused / "student.int8.onnx").exists()
@@ -125,11 +129,29 @@ def test_int8_drop_over_the_limit_is_refused_unless_forced(run_dir, tmp_path):
     assert "student.int8.onnx" not in record["files"]
 
     forced = tmp_path / "forced"
-    result = _export(str(run_dir), "--int8", "--opset", "17", "--calibration-size", "64", "--force",
-                     "--threads", "1", "--out", str(forced))
+    result = _export(str(run_dir), "--int8", "--int8-for", "tensorrt", "--opset", "17", "--calibration-size", "64",
+                     "--force", "--threads", "1", "--out", str(forced))
     assert result.exit_code == 0, result.output
     record = json.loads((forced / "export.json").read_text())
     assert record["int8"]["forced"] is True and (forced / "student.int8.onnx").is_file()
+
+    cpu = tmp_path / "cpu"  # without --trt: ONNX Runtime's CPU form, its speed here printed
+    result = _export(str(run_dir), "--int8", "--opset", "17", "--calibration-size", "64", "--max-drop", "100",
+                     "--threads", "1", "--out", str(cpu))
+    assert result.exit_code == 0, result.output
+    record = json.loads((cpu / "export.json").read_text())
+    assert record["int8"]["target"] == "ort-cpu" and record["int8"]["activations"].startswith("uint8")
+    assert f"{record['int8']['speed_here']['speedup']:.2f}x" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--onnx", "--int8-for", "ort-cpu"], "--int8-for ort-cpu applies to the INT8 model: add --int8"),
+    (["--int8", "--int8-for", "ort-cpu", "--trt"], "TensorRT builds only from the symmetric form"),
+])
+def test_int8_target_mistakes_are_user_errors(run_dir, tmp_path, args, message):
+    result = _export(str(run_dir), *args, "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "x" / "student.onnx").exists()  # refused before any work
 
 
 def test_fixed_batch_bundle_has_a_static_engine(run_dir, tmp_path):

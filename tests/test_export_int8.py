@@ -12,7 +12,7 @@ from torch import nn
 
 from augkd_edge.errors import UserError
 from augkd_edge.export.onnx import export_onnx, with_normalisation
-from augkd_edge.export.parity import batched_logits
+from augkd_edge.export.latency import batched_logits
 from augkd_edge.export.quantize import ImageCalibrationReader, quantize_int8
 from augkd_edge.export.runtimes import OrtRunner
 from augkd_edge.export.trt_ops import check_tensorrt_support
@@ -85,10 +85,61 @@ def test_qdq_model_follows_tensorrt_rules_and_keeps_accuracy(trained):
     test_x, test_y = _colour_data(300, seed=2)
     with OrtRunner(fp32) as f, OrtRunner(int8) as q:
         assert q.precision == "int8" and f.precision == "fp32"
-        acc32 = (batched_logits(f, test_x).argmax(1) == test_y).mean()
-        acc8 = (batched_logits(q, test_x).argmax(1) == test_y).mean()
+        acc32 = (batched_logits(f.infer, test_x).argmax(1) == test_y).mean()
+        acc8 = (batched_logits(q.infer, test_x).argmax(1) == test_y).mean()
     assert acc32 > 0.95
     assert acc32 - acc8 <= 0.01
+
+
+def test_ort_cpu_form_has_uint8_asymmetric_activations_and_keeps_accuracy(trained):
+    """--int8-for ort-cpu: the U8S8 form ONNX Runtime's CPU kernels run fast (the TensorRT form runs 4-8x slower
+    there: benchmarks/results/int8-formats-cpu-2core)."""
+    from augkd_edge.export.quantize import INT8_FORMATS
+
+    root, fp32, calib = trained
+    int8 = quantize_int8(fp32, root / "ortcpu.onnx", calib, method="minmax", batch_size=50, target="ort-cpu")
+    model = onnx.load(str(int8))
+    inits = _initializers(model)
+    quant = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    activation_zero_points = [inits[n.input[2]] for n in quant if len(n.input) > 2]
+    assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
+    assert any(z.any() for z in activation_zero_points)  # asymmetric: not every zero point is 0
+    weights = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    assert max(int(np.abs(w).max()) for w in weights) <= 64  # reduce_range: 7-bit weights
+    assert INT8_FORMATS["ort-cpu"].description["activations"].startswith("uint8")
+    test_x, test_y = _colour_data(300, seed=2)
+    with OrtRunner(fp32) as f, OrtRunner(int8) as q:
+        assert q.precision == "int8"
+        acc32 = (batched_logits(f.infer, test_x).argmax(1) == test_y).mean()
+        acc8 = (batched_logits(q.infer, test_x).argmax(1) == test_y).mean()
+    assert acc32 - acc8 <= 0.02
+    with pytest.raises(UserError, match="--int8-for 'jetson'"):
+        quantize_int8(fp32, root / "x.onnx", calib, target="jetson")
+
+
+def test_int8_speed_here_and_bench_pairs(trained):
+    from augkd_edge.export.speedup import fp32_name, int8_pairs, int8_speedup
+
+    root, fp32, calib = trained
+    int8 = quantize_int8(fp32, root / "speed.onnx", calib, batch_size=50, target="ort-cpu")
+    speed = int8_speedup(fp32, int8, calib[:3], batch=2, threads=1, rounds=3, calls=2, warmup=1)
+    assert speed["batch"] == 2 and speed["fp32_median_ms"] > 0 and speed["int8_median_ms"] > 0
+    assert speed["speedup"] == pytest.approx(speed["fp32_median_ms"] / speed["int8_median_ms"])
+    assert fp32_name("student.int8.onnx") == "student.onnx"
+
+    def row(model, precision, batch, median, backend="ort"):
+        return {"model": model, "precision": precision, "backend": backend, "device": "cpu", "batch": batch,
+                "latency_ms": {"median": median}}
+    rows = [row("student.onnx", "fp32", 1, 0.2), row("student.int8.onnx", "int8", 1, 1.0),
+            row("student.onnx", "fp32", 8, 2.0), row("student.int8.onnx", "int8", 8, 1.0),
+            row("other.int8.onnx", "int8", 1, 1.0),  # its FP32 source was not measured: no pair
+            row("student.int8.onnx", "int8", 4, 1.0),  # no FP32 row at batch 4
+            {"model": "student.int8.onnx", "precision": "int8", "backend": "ort", "device": "cpu", "batch": 1,
+             "error": "failed"}]
+    pairs = int8_pairs(rows)
+    assert [(p["batch"], p["speedup"]) for p in pairs] == [(1, pytest.approx(0.2)), (8, pytest.approx(2.0))]
+    assert all(p["fp32_model"] == "student.onnx" for p in pairs)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])

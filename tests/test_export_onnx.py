@@ -12,7 +12,8 @@ from torch import nn
 
 from augkd_edge.errors import UserError
 from augkd_edge.export.onnx import check_onnx, export_onnx, with_normalisation
-from augkd_edge.export.parity import batched_logits, compare_logits, compare_runners, top1_accuracy
+from augkd_edge.export.latency import batched_logits, top1_accuracy
+from augkd_edge.export.parity import compare_logits, compare_runners
 from augkd_edge.export.runtimes import OrtRunner, TorchRunner
 from augkd_edge.export.trt_ops import (
     SUPPORTED_OPS,
@@ -106,7 +107,7 @@ def test_fixed_batch_export_and_padded_parity(tmp_path):
     runner = OrtRunner(info.path)
     with pytest.raises(Exception):
         runner.infer(x[:3])  # a static graph refuses other batch sizes ...
-    logits = batched_logits(runner, x, fixed_batch=4)  # ... so parity pads
+    logits = batched_logits(runner.infer, x, fixed_batch=4)  # ... so parity pads
     assert logits.shape == (7, 5)
     np.testing.assert_allclose(logits, TorchRunner(wrapped).infer(x), atol=1e-5)
 

@@ -88,7 +88,7 @@ def test_trt_runner_without_tensorrt_says_what_to_do(tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        with pytest.raises(UserError, match="TensorRT is not importable"):
+        with pytest.raises(UserError, match="TensorRT.s Python bindings are not importable"):
             TrtRunner(tmp_path / "student.engine")
     else:
         pytest.skip("tensorrt is installed: the engine round trip is covered in test_export_trt.py")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from augkd_edge.errors import UserError
-from augkd_edge.export.runtimes import engine_metadata_path
+from augkd_edge.export.trt_loader import engine_metadata_path
 from augkd_edge.export.tensorrt import (
     EngineSettings,
     tensorrt_available,

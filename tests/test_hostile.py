@@ -244,7 +244,7 @@ def test_disk_full_while_checkpointing_names_the_file_and_keeps_the_last_one(
         tmp_path: Path, tiny_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from augkd_edge import checkpoint, torch_files
+    from augkd_edge import checkpoint
 
     out = tmp_path / "run"
     args = ["distill", "--teacher", tiny_teacher, "--method", "kd", *TINY, "--mixup-epochs", "3", "--out", out]
@@ -261,7 +261,7 @@ def test_disk_full_while_checkpointing_names_the_file_and_keeps_the_last_one(
     monkeypatch.setattr(checkpoint.os, "fsync", fsync_fills_the_disk_on_the_second_checkpoint)
     refused(cli(*args), str(out / "ckpt" / "kd.ckpt"), "No space left on device", "previous version is kept")
     monkeypatch.undo()
-    assert torch_files.load_safe(out / "ckpt" / "kd.ckpt")["epoch"] == 1
+    assert checkpoint.load_safe(out / "ckpt" / "kd.ckpt")["epoch"] == 1
     assert [p.name for p in (out / "ckpt").iterdir()] == ["kd.ckpt"], "temporary file left behind"
 
 

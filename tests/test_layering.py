@@ -1,8 +1,9 @@
 """The layering rules of /work/shared/ARCHITECTURE.md, read from the source with ``ast`` (no torch needed).
 
 - ``export/`` and ``kernels/`` (installed as ``augkd_edge.export`` / ``augkd_edge.kernels``)
-  are leaf libraries: of augkd_edge they import only ``augkd_edge.errors`` and the
-  atomic-write helper ``augkd_edge.checkpoint``, besides their own modules;
+  are leaf libraries: of augkd_edge they import only ``augkd_edge.errors``, besides their
+  own modules (the atomic-write helper lives in ``export/atomic.py``, and
+  ``augkd_edge.checkpoint`` re-exports it to the package);
 - ``export/trt_runner.py`` and everything it imports within the repository never import torch
   (it runs on Jetson boards without PyTorch);
 - nothing under ``augkd_edge/`` imports ``benchmarks``;
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # installed name prefix -> source folder (pyproject.toml's package-dir)
 PACKAGE_DIRS = {"augkd_edge.export": ROOT / "export", "augkd_edge.kernels": ROOT / "kernels",
                 "augkd_edge": ROOT / "augkd_edge"}
-LEAF_ALLOWED = ("augkd_edge.errors", "augkd_edge.checkpoint")
+LEAF_ALLOWED = ("augkd_edge.errors",)
 
 
 def module_name(path: Path) -> str:

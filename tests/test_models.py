@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from augkd_edge.torch_files import load_safe, save_atomic
+from augkd_edge.checkpoint import load_safe, save_atomic
 from augkd_edge.errors import UserError
 from augkd_edge.models.loading import ModelMeta, load_model_file, load_teacher, save_model_file
 from augkd_edge.models.zoo import build_classifier

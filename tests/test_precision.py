@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from augkd_edge.torch_files import load_safe
+from augkd_edge.checkpoint import load_safe
 from augkd_edge.engine import fit
 from augkd_edge.student_stage import StudentStage
 from augkd_edge.precision import Precision

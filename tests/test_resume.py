@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from augkd_edge.torch_files import load_safe
+from augkd_edge.checkpoint import load_safe
 
 # Small but with several epochs and steps per module: 30 train images, batches of 8 = 4 steps per epoch.
 ARGS = [

@@ -27,7 +27,7 @@ import pytest
 from augkd_edge.export import bench_report, trt_runner
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER_FILES = ("trt_runner.py", "latency.py", "bench_report.py", "envinfo.py")
+RUNNER_FILES = trt_runner.BOARD_FILES
 
 # The fake is plain Python text so the torch-free venv can run exactly the same one.
 FAKE_ENGINE = textwrap.dedent('''
@@ -225,7 +225,7 @@ def test_module_help_works_without_torch(torchless_python: Path, tmp_path: Path)
 
 
 def test_loose_copy_runs_a_report_without_torch(torchless_python: Path, tmp_path: Path) -> None:
-    """The board recipe of docs/jetson.md: four files in one folder, plus (here) the fake engine."""
+    """The board recipe of docs/jetson.md: the runner's files in one folder, plus (here) the fake engine."""
     board = tmp_path / "board"
     board.mkdir()
     for name in RUNNER_FILES:

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from augkd_edge.errors import UserError
+from augkd_edge.export import latency
 
 BACKENDS = ("torch", "ort", "trt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -85,14 +86,10 @@ def _ort_target(path: Path, device: str, threads: int | None, input_size: int | 
 
 def _trt_target(path: Path, input_size: int | None) -> Any:
     from augkd_edge.export.latency import Target
-    from augkd_edge.export.runtimes import TrtRunner, engine_metadata_path
+    from augkd_edge.export.runtimes import TrtRunner
+    from augkd_edge.export.trt_loader import read_engine_metadata
 
-    meta_path = engine_metadata_path(path)
-    precision = "unknown"
-    if meta_path.is_file():
-        import json
-
-        precision = str(json.loads(meta_path.read_text()).get("precision", "unknown"))
+    precision = str(read_engine_metadata(path).get("precision", "unknown"))
     target = Target(model=path.name, backend="trt", device="cuda", precision=precision,
                     input_size=input_size, open=lambda: None, device_memory=_TorchCudaMemory())
 
@@ -155,12 +152,12 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where torch and ONNX Runtime run (TensorRT is always cuda).")
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes (comma list).")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=latency.DEFAULT_WARMUP, show_default=True,
               help="Untimed iterations before measuring each (backend, batch) cell.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
-              help="Timed iterations per cell [default: 100 unless --seconds].")
+              help=f"Timed iterations per cell [default: {latency.DEFAULT_ITERS} unless --seconds].")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Time budget per cell instead of --iters (at least 10 samples).")
+              help=f"Time budget per cell instead of --iters (at least {latency.MIN_BUDGET_ITERS} samples).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and ONNX Runtime (fix it for comparable numbers).")
 @click.option("--cuda-graphs", is_flag=True, help="Replay the torch model as a CUDA graph (--device cuda).")
@@ -185,7 +182,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
 
     from augkd_edge import __version__
     from augkd_edge.checkpoint import check_writable_dir
-    from augkd_edge.export import bench_report, envinfo, latency
+    from augkd_edge.export import bench_render, bench_report, envinfo
 
     check_writable_dir(out_dir, "--out")
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
@@ -196,8 +193,7 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
         raise UserError("--iters and --seconds exclude each other; give one.")
     if (cuda_graphs or torch_precision == "fp16") and device != "cuda":
         raise UserError("--cuda-graphs and --torch-precision fp16 need --device cuda.")
-    budget = latency.Budget(warmup=warmup, seconds=seconds,
-                            iters=None if seconds is not None else (100 if iters is None else iters))
+    budget = latency.Budget.from_options(warmup, iters, seconds)
     batch_list = _int_list(batches, "--batch")
     if threads is not None:
         import torch
@@ -229,11 +225,25 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
     environment = envinfo.capture(label=label, gpus=_gpus(device),
                                   threads={"torch_threads": torch.get_num_threads(), "ort_threads": threads})
     report = bench_report.build_report(rows, environment, budget.as_dict(), "augkd-edge bench", __version__)
-    for written in bench_report.write_report(report, out_dir):
+    for written in bench_render.write_report(report, out_dir):
         click.echo(f"wrote {written}")
+    _print_int8_speedups(rows)
     failed = sum("error" in r for r in rows)
     if failed == len(rows):
         raise UserError(f"every cell failed (see {out_dir / 'report.md'}).")
+
+
+def _print_int8_speedups(rows: list[dict[str, Any]]) -> None:
+    """INT8 is asked for speed: say what it gave here, and warn where it gave none."""
+    from augkd_edge.export.speedup import int8_pairs
+
+    for p in int8_pairs(rows):
+        click.echo(f"INT8 {p['int8_model']} vs FP32 {p['fp32_model']} [{p['backend']}/{p['device']}] batch "
+                   f"{p['batch']}: median {p['int8_median_ms']:.3f} vs {p['fp32_median_ms']:.3f} ms, "
+                   f"{p['speedup']:.2f}x")
+        if p["speedup"] < 1.0:
+            click.echo(f"warning: INT8 is not faster than FP32 here for batch {p['batch']} ({p['speedup']:.2f}x); "
+                       "for ONNX Runtime on CPU export with --int8-for ort-cpu, or ship FP32.", err=True)
 
 
 @command.command("compare")
@@ -249,14 +259,14 @@ def compare(reports: tuple[Path, ...], baseline: int, match: str, out_dir: Path)
     """Put REPORT(s) (report.json files or their folders) in one table and plot, with speedups
     against the baseline."""
     from augkd_edge.checkpoint import check_writable_dir
-    from augkd_edge.export import bench_report
+    from augkd_edge.export import bench_compare, bench_report
 
     check_writable_dir(out_dir, "--out")
     loaded = [bench_report.load_report(p) for p in reports]
     names = _unique_names([bench_report.report_name(r, str(p)) for r, p in zip(loaded, reports)])
     fields = [f.strip() for f in match.split(",") if f.strip() and f.strip() != "batch"]
-    comparison = bench_report.compare(loaded, names, baseline, match=fields)
-    for written in bench_report.write_comparison(comparison, loaded, out_dir):
+    comparison = bench_compare.compare(loaded, names, baseline, match=fields)
+    for written in bench_compare.write_comparison(comparison, loaded, out_dir):
         click.echo(f"wrote {written}")
 
 

@@ -49,7 +49,7 @@ class ModelMeta:
 
 def save_model_file(path: str | Path, model: "nn.Module", meta: ModelMeta) -> Path:
     """Write a model file atomically (see module docstring for the format)."""
-    from augkd_edge.torch_files import save_atomic
+    from augkd_edge.checkpoint import save_atomic
 
     record = {
         "format": MODEL_FORMAT,
@@ -120,7 +120,7 @@ def _state_mismatch(expected: dict, given: dict, show: int = 3) -> str:
 
 def load_model_file(path: str | Path) -> tuple["nn.Module", ModelMeta]:
     """Load an augkd-edge model file into a fresh model, in eval mode."""
-    from augkd_edge.torch_files import load_safe
+    from augkd_edge.checkpoint import load_safe
     from augkd_edge.models.zoo import build_classifier
 
     record = load_safe(path)
@@ -160,7 +160,7 @@ def load_teacher(
     """
     import torch
 
-    from augkd_edge.torch_files import load_safe
+    from augkd_edge.checkpoint import load_safe
 
     path = Path(path)
     if not path.is_file():

@@ -111,7 +111,7 @@ def load_state(source: WeightsSource) -> dict[str, Any]:
                             f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "
                             f"delete it and put a fresh copy there.") from exc
     else:
-        from augkd_edge.torch_files import load_safe
+        from augkd_edge.checkpoint import load_safe
 
         state = load_safe(source.path)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
