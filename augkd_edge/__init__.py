@@ -9,7 +9,8 @@ Public API (what ``benchmarks/`` uses, like any user):
 - :func:`distill`: one ``augkd-edge distill`` run from Python;
 - :func:`training_stage`: one AuG-KD module as the engine stage the pipeline trains
   (to measure or drive a training step);
-- ``export``: provided by the export side (see the marked spot below).
+- :func:`export_student`: one ``augkd-edge export`` run from Python (named so because
+  ``augkd_edge.export`` is the export subpackage itself).
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ if TYPE_CHECKING:
 
 from augkd_edge._version import __version__
 
-__all__ = ["__version__", "distill", "training_stage"]
-# ---- export entry: the export side adds ``export`` here (a function importing augkd_edge.export lazily)
-# and appends "export" to __all__. ----
+__all__ = ["__version__", "distill", "export_student", "training_stage"]
 
 
 def distill(
@@ -78,3 +77,21 @@ def training_stage(module: str, config: Any = None, **parts: Any) -> Any:
     from augkd_edge.api import stage
 
     return stage(module, config, **parts)
+
+
+def export_student(model_file: "str | Path", out_dir: "str | Path", **options: Any) -> dict[str, Any]:
+    """Export a trained student (a run folder or its ``student.pt``) into ``out_dir``; returns export.json's content.
+
+    ``options``: ``input_size``, ``split``, ``echo`` and the fields of
+    ``augkd_edge.export.api.ExportOptions`` (``onnx=True``, ``int8``, ``int8_for``, ``trt``,
+    ``fp16``, ``batch``, ``atol``, ``rtol``, ``max_drop``, ``force``, ...), defaults as the CLI's.
+    Raises ``UserError`` for a bad path or option and ``ExportCheckFailed`` when a check fails.
+
+    Example::
+
+        record = augkd_edge.export_student("runs/mine", "export-mine", int8=True)
+        print(record["parity"]["passed"], record["int8"]["speed_here"]["speedup"])
+    """
+    from augkd_edge.deploy import export_student as run
+
+    return run(model_file, out_dir, **options)

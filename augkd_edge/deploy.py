@@ -36,7 +36,7 @@ def export_student(model_file: str | Path, out_dir: str | Path, *, input_size: i
     option, and :class:`ExportCheckFailed` when a check fails (``export.json`` is
     written anyway).
     """
-    from augkd_edge import __version__
+    from augkd_edge._version import __version__
     from augkd_edge.checkpoint import check_writable_dir
     from augkd_edge.export.tensorrt import sha256_file
     from augkd_edge.rundir import load_student, resolve_model_path, split_arrays

@@ -40,18 +40,11 @@ def predict_logits(
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 3, 5)) -> dict[str, float]:
-    """Top-k hit rates; k beyond the class count counts every sample as a hit."""
-    labels = labels.to(logits.device)
-    n = len(labels)
-    if n == 0:
-        return {f"top{k}": float("nan") for k in ks}
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hits = top.eq(labels[:, None])
-    result = {}
-    for k in ks:
-        result[f"top{k}"] = float(hits[:, :k].any(dim=1).float().mean()) if k <= kmax else 1.0
-    return result
+    """Top-k hit rates by the export's one rule (``augkd_edge.export.latency.topk_accuracy``), so training
+    reports and export checks count a hit the same way."""
+    from augkd_edge.export.latency import topk_accuracy as rule
+
+    return rule(logits.detach().float().cpu().numpy(), labels.cpu().numpy(), ks)
 
 
 def evaluate_classifier(

@@ -18,7 +18,7 @@ from augkd_edge.errors import UserError
 def test_import_is_torch_free_and_lists_the_api() -> None:
     code = "import sys, augkd_edge; assert 'torch' not in sys.modules, 'torch imported'; print(augkd_edge.__all__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "distill" in out and "training_stage" in out
+    assert "distill" in out and "training_stage" in out and "export_student" in out
     assert augkd_edge.__version__ == "0.1.0"
 
 

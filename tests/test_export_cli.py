@@ -220,3 +220,15 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path):
                            "--onnx", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_python_api_export_student_matches_the_command(run_dir, tmp_path):
+    """augkd_edge.export_student is the command without click: same record, same checks."""
+    import augkd_edge
+
+    record = augkd_edge.export_student(run_dir, tmp_path / "api", opset=17, threads=1)
+    on_disk = json.loads((tmp_path / "api" / "export.json").read_text())
+    assert record["parity"] == on_disk["parity"] and record["parity"]["passed"]
+    assert set(record["files"]) == {"student.onnx"}
+    with pytest.raises(augkd_edge.errors.UserError, match="nothing to export"):
+        augkd_edge.export_student(run_dir, tmp_path / "none", onnx=False)
