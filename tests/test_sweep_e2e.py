@@ -1,6 +1,7 @@
 """augkd-edge sweep end to end through the real CLI: real distill (tiny settings), real ONNX
 export and INT8 quantization, real ONNX Runtime latency; then a rerun that redoes nothing
-and takes latencies from a report, and the resume of an interrupted sweep.
+and takes latencies from a report, and a sweep stopped by SIGTERM in the middle of a
+candidate's export that resumes without redoing the finished ones.
 
 Tiny settings, for CI (2 cores, about 1-2 minutes): a ResNet-18 teacher trained for one epoch
 on 300 images (own cache folder), every AuG-KD module for one or two epochs of a few
@@ -16,9 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -29,13 +33,29 @@ TINY_DISTILL = ("--teacher-arch resnet18 --teacher-epochs 1 --teacher-max-images
 STUDENTS = ["shufflenet_v2_x0_5", "mobilenet_v3_small", "inception_v3"]
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def sweep_cmd(out: Path, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "augkd_edge.cli", "sweep", "--students", ",".join(STUDENTS),
+            "--precision", "fp32,int8", "--cache-dir", str(cache), "--distill-args", TINY_DISTILL,
+            "--export-args", "--opset 17 --calibration-size 16 --max-drop 100", "--threads", "1",
+            "--warmup", "1", "--iters", "10", "--out", str(out), *extra]
+
+
 def sweep(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "augkd_edge.cli", "sweep", "--students", ",".join(STUDENTS),
-           "--precision", "fp32,int8", "--cache-dir", str(cache), "--distill-args", TINY_DISTILL,
-           "--export-args", "--opset 17 --calibration-size 16 --max-drop 100", "--threads", "1",
-           "--warmup", "1", "--iters", "10", "--out", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(sweep_cmd(out, cache, *extra), capture_output=True, text=True, env=ENV, timeout=900)
+
+
+def interrupt_when(cmd: list[str], ready: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` and send it SIGTERM (what ``timeout`` or a batch system sends) once ``ready()``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +142,14 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_candidates(swept,
     out, cache, _ = swept
     copy = tmp_path / "sw"
     shutil.copytree(out, copy)
-    # The state a sweep killed during mobilenet_v3_small-int8's export leaves: no record, a partial export.
-    (copy / "candidates" / "mobilenet_v3_small-int8.json").unlink()
-    (copy / "exports" / "mobilenet_v3_small-int8" / "export.json").unlink()
+    (copy / "candidates" / "mobilenet_v3_small-int8.json").unlink()  # to be done again
     before = _mtimes(copy / "candidates")
     distill_log = (copy / "logs" / "mobilenet_v3_small-distill.log").read_text()
+    export_log = copy / "logs" / "mobilenet_v3_small-int8-export.log"
+    stopped = interrupt_when(sweep_cmd(copy, cache, "--retry-failed"), lambda: export_log.read_text().count("$ ") == 2)
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert "interrupted; rerun the same command to resume" in stopped.stderr
+    assert _mtimes(copy / "candidates") == before  # nothing recorded for the stopped one
     result = sweep(copy, cache, "--retry-failed")
     assert result.returncode == 0, result.stderr
     after = _mtimes(copy / "candidates")
@@ -134,6 +157,6 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_candidates(swept,
     # the interrupted candidate, and with --retry-failed the two failed ones; the other three are kept
     assert redone == {"mobilenet_v3_small-int8.json", "inception_v3-fp32.json", "inception_v3-int8.json"}
     assert (copy / "logs" / "mobilenet_v3_small-distill.log").read_text() == distill_log  # distill reused
-    assert (copy / "logs" / "mobilenet_v3_small-int8-export.log").read_text().count("$ ") == 2
+    assert export_log.read_text().count("$ ") == 3  # the first sweep, the stopped one, the resumed one
     record = json.loads((copy / "candidates" / "mobilenet_v3_small-int8.json").read_text())
     assert record["status"] == "ok" and record["latency_ms"]["median"] > 0

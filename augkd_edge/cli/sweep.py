@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class SweepFailed(UserError):
 
 
 def _names(value: str, option: str) -> list[str]:
+    """A comma list without blanks or repeats (a repeat would run and count a candidate twice)."""
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise UserError(f"{option}: empty list; give comma-separated names, e.g. {option} "
@@ -68,6 +70,7 @@ def parse_precisions(value: str) -> list[str]:
 
 
 def _child_args(value: str, command: str) -> tuple[str, ...]:
+    """Extra flags for every distill / export child, refusing those the sweep sets itself."""
     try:
         args = tuple(shlex.split(value))
     except ValueError as exc:
@@ -88,6 +91,7 @@ def _distill_choices(name: str) -> list[str]:
 
 
 def _check_choice(value: str, name: str) -> str:
+    """--method / --preset checked against distill's own choices before any child runs."""
     choices = _distill_choices(name)
     if value not in choices:
         raise UserError(f"--{name} {value}: unknown; choose from {', '.join(choices)}.")
@@ -165,6 +169,11 @@ def _settings(opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: subprocess.run then kills the running child instead of orphaning it."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _run(settings: dict[str, Any], out_dir: Path, retry_failed: bool) -> None:
     """Run the pending candidates with a progress bar, then write the outputs and say where they are."""
     from tqdm import tqdm
@@ -182,6 +191,7 @@ def _run(settings: dict[str, Any], out_dir: Path, retry_failed: bool) -> None:
                 threads=settings["threads"], warmup=settings["warmup"], iters=settings["iters"])
     students, precisions = settings["students"], settings["precisions"]
     command_line = "augkd-edge " + shlex.join(sys.argv[1:])
+    signal.signal(signal.SIGTERM, _stop)  # a terminated sweep stops its child too (subprocess.run kills it)
     try:
         loop.run_all(plan, settings, students, precisions, retry_failed, say=tqdm.write,
                      progress=lambda n: tqdm(total=n, unit="candidate", file=sys.stderr, dynamic_ncols=True))

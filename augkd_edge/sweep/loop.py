@@ -34,6 +34,7 @@ def _pending(plan: Plan, settings: dict[str, Any], students: list[str], precisio
 
 
 def _one_line(record: dict[str, Any]) -> str:
+    """What the sweep prints when a candidate is done: its numbers, or FAILED and why."""
     if record["status"] != "ok":
         return f"{record['id']}: FAILED: {record['reason']}"
     latency = record.get("latency_ms")
@@ -79,6 +80,7 @@ def run_all(plan: Plan, settings: dict[str, Any], students: list[str], precision
 
 def _latency_from(entries: list[dict[str, Any]], path: Path | None, settings: dict[str, Any],
                   say: Say) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+    """Apply the target's report to the entries; the unmatched ones and the report's summary for sweep.json."""
     if path is None:
         return [], None
     report = select.load_bench_report(path)

@@ -43,9 +43,11 @@ class Layout:
         return self.out / "runs" / student
 
     def export_dir(self, ident: str) -> Path:
+        """export's --out for one candidate (its export.json and ONNX files)."""
         return self.out / "exports" / ident
 
     def bench_dir(self, ident: str) -> Path:
+        """bench's --out for one candidate: this machine's latency report."""
         return self.out / "bench" / ident
 
     def model_copy(self, ident: str, suffix: str) -> Path:
@@ -53,9 +55,11 @@ class Layout:
         return self.out / "models" / f"{ident}{suffix}"
 
     def record(self, ident: str) -> Path:
+        """The finished-candidate record whose existence makes a rerun skip it."""
         return self.out / "candidates" / f"{ident}.json"
 
     def log(self, name: str) -> Path:
+        """One child command's output (appended to on a rerun, so an interrupted attempt stays readable)."""
         return self.out / "logs" / f"{name}.log"
 
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 
 def _ms(entry: dict[str, Any], key: str) -> str:
+    """A latency statistic for a table cell; '-' when the candidate has none."""
     latency = entry.get("latency_ms") or {}
     return f"{latency[key]:.3f}" if latency.get(key) is not None else "-"
 
@@ -34,6 +35,7 @@ def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table; '|' inside a reason is escaped so a failure cannot break the table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from augkd_edge.sweep.records import Layout, candidate_id
+
+
+# Exit codes of a child stopped by Ctrl-C or a termination signal (negative: killed by that signal).
+_INTERRUPTED = {-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM}
 
 
 class StepFailed(Exception):
@@ -71,6 +76,8 @@ def run_cli(args: list[str], log: Path, step: str) -> None:
         fh.write(f"$ {shlex.join(cmd)}\n")
         fh.flush()
         code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
+    if code in _INTERRUPTED:  # stopped, not failed: leave no record, so a rerun does it again
+        raise KeyboardInterrupt(f"{step} was stopped by a signal (exit {code})")
     if code != 0:
         raise StepFailed(f"{step} exited {code}: {_last_error(log)} (log: {log})")
 
@@ -114,6 +121,7 @@ def _export(plan: Plan, run_dir: Path, ident: str, precision: str) -> dict[str, 
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A child's JSON output (results.json, export.json, report.json)."""
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -166,7 +174,8 @@ def _top1(run_dir: Path, export: dict[str, Any], precision: str) -> tuple[float,
     if precision == "int8":
         return float(export["int8"]["int8_top1"]), "export.json int8.int8_top1 (ONNX Runtime, QDQ model, test split)"
     results = _read_json(run_dir / "results.json")
-    return float(results["test"]["top1"]), "results.json test.top1 (PyTorch; ONNX parity: same class on every test image)"
+    source = "results.json test.top1 (PyTorch; ONNX parity: same class on every test image)"
+    return float(results["test"]["top1"]), source
 
 
 def _model_file(plan: Plan, export: dict[str, Any], precision: str) -> tuple[str, str | None]:

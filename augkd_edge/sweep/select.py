@@ -49,6 +49,7 @@ class Choice:
 
 
 def _describe(entry: dict[str, Any]) -> str:
+    """A candidate in the words of the budget line: name, precision and both numbers."""
     return (f"{entry['student']} {entry['precision']} (top-1 {entry['top1']:.4f}, median "
             f"{entry['latency_ms']['median']:.3f} ms)")
 
