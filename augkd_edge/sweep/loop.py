@@ -52,6 +52,8 @@ def run_all(plan: Plan, settings: dict[str, Any], students: list[str], precision
     done = len(students) * len(precisions) - len(todo)
     if done:
         say(f"{done} candidate(s) already finished in {plan.layout.out}/candidates: not redone")
+    if not todo:
+        return 0
     bar = progress(len(todo))
     try:
         run_dirs: dict[str, Path | str] = {}

@@ -55,6 +55,9 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     if doc.get("choice"):
         lines.append(f"**{doc['choice']['message']}**")
     lines += [f"Unmatched in the latency report: {u['id']}: {u['reason']}" for u in doc.get("unmatched", [])]
+    lines += [f"No latency for {e['id']}: {e['latency_source']['reason']}" for e in doc["candidates"]
+              if e["status"] == "ok" and not e.get("latency_ms") and (e.get("latency_source") or {}).get("reason")
+              and not (e["latency_source"]["reason"] or "").startswith("unmatched")]
     lines += [f"Failed: {f['id']}: {f['reason']}" for f in doc.get("failed", [])]
     return lines
 

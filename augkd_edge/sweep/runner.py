@@ -206,8 +206,8 @@ def run_candidate(plan: Plan, run_dir: Path, student: str, precision: str) -> di
     }
     if plan.backend == "trt" and engine_name is None:
         record.update(latency_ms=None, latency_source={"from": "local", "reason": (
-            "no TensorRT here: no engine was built; build it on the target from the bundle in "
-            f"{export_dir} and pass that bench report with --latency-from")})
+            f"no TensorRT here, so no engine: on the target run {export_dir}/build_engine.sh, name the engine "
+            f"{ident}.engine, bench it and pass its report.json with --latency-from")})
     else:
         latency, report = _bench(plan, published, ident)
         record.update(latency_ms=latency, latency_source={"from": "local", "report": str(report)})

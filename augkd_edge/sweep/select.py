@@ -63,7 +63,7 @@ def choose(entries: list[dict[str, Any]], budget_ms: float) -> Choice:
     usable = [e for e in entries if measured(e)]
     if not usable:
         return Choice(None, f"no candidate has both an accuracy and a latency to hold against the budget "
-                            f"of {budget_ms:g} ms; see the failed and unmatched candidates below.")
+                            f"of {budget_ms:g} ms; see why in the candidates' reasons.")
     fitting = [e for e in usable if e["latency_ms"]["median"] <= budget_ms]
     if fitting:
         best = max(fitting, key=lambda e: (e["top1"], -e["latency_ms"]["median"]))
