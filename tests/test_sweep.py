@@ -159,3 +159,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("augkd-edge: error: ") and message in lines[0], result.output
     assert "Traceback" not in result.output and not (tmp_path / "sw").exists()
+
+
+def test_a_failed_child_is_named_by_its_error_line(tmp_path: Path) -> None:
+    from augkd_edge.sweep.runner import _last_error
+
+    log = tmp_path / "x.log"
+    log.write_text("$ python -m augkd_edge.cli export ...\nwrote a\nTraceback (most recent call last):\n"
+                   "  File \"x.py\", line 1\nRuntimeError: Kernel size can't be greater than actual input size\n")
+    assert _last_error(log) == "RuntimeError: Kernel size can't be greater than actual input size"
+    log.write_text("step 1\nstep 2 went wrong\n")
+    assert _last_error(log) == "step 2 went wrong"
+    assert _last_error(tmp_path / "missing.log") == "no log"
+
+
+def test_the_candidate_model_is_the_precisions_onnx_or_its_engine(tmp_path: Path) -> None:
+    from augkd_edge.sweep.runner import Plan, _model_file
+
+    files = {"student.onnx": {}, "student.int8.onnx": {}, "build_engine.sh": {}, "student.int8.engine": {}}
+    plan = Plan(records.Layout(tmp_path), "augkd", "quick", 0, None, None, (), (), "ort", "cpu", 1, 1, 1, 1)
+    assert _model_file(plan, {"files": files}, "int8") == ("student.int8.onnx", None)
+    assert _model_file(plan, {"files": files}, "fp32") == ("student.onnx", None)
+    trt = Plan(**{**plan.__dict__, "backend": "trt"})
+    assert _model_file(trt, {"files": files}, "int8") == ("student.int8.onnx", "student.int8.engine")
+    del files["student.int8.engine"]  # no TensorRT where the sweep ran: the bundle only
+    assert _model_file(trt, {"files": files}, "int8") == ("student.int8.onnx", None)
