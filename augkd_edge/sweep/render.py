@@ -19,10 +19,11 @@ def _ms(entry: dict[str, Any], key: str) -> str:
 
 
 def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per candidate, most accurate first; failed and unmeasured ones last."""
+    """One row per candidate, most accurate first (faster first on ties); failed ones last."""
     header = ["student", "precision", "backend", "batch", "top-1", "median ms", "p90 ms", "p99 ms", "params",
               "model MB", "Pareto", "chosen", "status"]
-    order = sorted(doc["candidates"], key=lambda e: (e["status"] != "ok", -(e.get("top1") or 0.0)))
+    order = sorted(doc["candidates"], key=lambda e: (e["status"] != "ok", -(e.get("top1") or 0.0),
+                                                     (e.get("latency_ms") or {}).get("median", float("inf"))))
     rows = []
     for e in order:
         status = "ok" if e["status"] == "ok" else f"failed: {e.get('reason') or ''}"
