@@ -184,3 +184,12 @@ def test_the_candidate_model_is_the_precisions_onnx_or_its_engine(tmp_path: Path
     assert _model_file(trt, {"files": files}, "int8") == ("student.int8.onnx", "student.int8.engine")
     del files["student.int8.engine"]  # no TensorRT where the sweep ran: the bundle only
     assert _model_file(trt, {"files": files}, "int8") == ("student.int8.onnx", None)
+
+
+def test_equal_accuracy_from_float32_and_float64_counts_compares_equal() -> None:
+    fp32 = records.entry_from(entry("m-fp32", 0.9168184399604797, 0.2))  # 1510/1647 as PyTorch's float32
+    int8 = records.entry_from(entry("m-int8", 0.9168184578020644, 1.2))  # the same count in float64
+    assert fp32["top1"] == int8["top1"]
+    entries = [fp32, int8]
+    select.mark(entries, 5.0)
+    assert [e["id"] for e in entries if e["pareto"]] == ["m-fp32"] and fp32["chosen"]

@@ -115,8 +115,15 @@ ENTRY_KEYS = ("id", "student", "precision", "backend", "device", "batch", "statu
 
 
 def entry_from(record: dict[str, Any]) -> dict[str, Any]:
-    """A sweep.json entry from a candidate record (flags are set later by ``select.mark``)."""
+    """A sweep.json entry from a candidate record (flags are set later by ``select.mark``).
+
+    Top-1 is rounded to 6 decimals (a test split of n images moves it in steps of 1/n): FP32's comes
+    from PyTorch in float32 and INT8's from ONNX Runtime in float64, and the same count of correct
+    images must compare equal, not 2e-8 apart, for the Pareto front and the budget's tie-break.
+    """
     entry = {key: record.get(key) for key in ENTRY_KEYS}
+    if entry["top1"] is not None:
+        entry["top1"] = round(float(entry["top1"]), 6)
     entry.update(pareto=False, chosen=False)
     return entry
 
