@@ -89,8 +89,8 @@ def plot_png(doc: dict[str, Any]) -> bytes | None:
         mine = [e for e in points if e["precision"] == precision]
         ax.scatter([e["latency_ms"]["median"] for e in mine], [e["top1"] for e in mine], marker=marker, s=45,
                    label=precision, zorder=3)
-    for e in points:
-        ax.annotate(e["id"], (e["latency_ms"]["median"], e["top1"]), fontsize=7, xytext=(4, 3),
+    for i, e in enumerate(sorted(points, key=lambda e: e["latency_ms"]["median"])):  # labels alternate up/down
+        ax.annotate(e["id"], (e["latency_ms"]["median"], e["top1"]), fontsize=7, xytext=(4, 4 if i % 2 else -10),
                     textcoords="offset points")
     front = sorted((e for e in points if e["pareto"]), key=lambda e: e["latency_ms"]["median"])
     ax.step([e["latency_ms"]["median"] for e in front], [e["top1"] for e in front], where="post", color="tab:red",
@@ -102,7 +102,16 @@ def plot_png(doc: dict[str, Any]) -> bytes | None:
     budget = (doc.get("settings") or {}).get("latency_budget_ms")
     if budget is not None:
         ax.axvline(budget, color="grey", linestyle="--", label=f"budget {budget:g} ms")
-    ax.set_xlabel(f"median latency (ms), {doc['settings']['backend']}, batch {doc['settings']['batch']}")
+    medians = [e["latency_ms"]["median"] for e in points]
+    log_x = max(medians) > 5 * min(medians)  # small and large students would crowd a linear axis
+    if log_x:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.2, not 2 x 10^-1
+    ax.set_xlabel(f"median latency (ms{', log scale' if log_x else ''}), {doc['settings']['backend']}, "
+                  f"batch {doc['settings']['batch']}")
     ax.set_ylabel("top-1 (student-domain test split)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
