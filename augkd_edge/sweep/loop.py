@@ -10,6 +10,7 @@ are rebuilt from all records on every call, so a rerun with another
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,8 +112,10 @@ def write_outputs(layout: Layout, settings: dict[str, Any], command: str, studen
     write_text_atomic(json.dumps(doc, indent=2) + "\n", layout.out / "sweep.json")
     write_text_atomic(render.markdown(doc), layout.out / "sweep.md")
     write_text_atomic(render.html_page(doc, png), layout.out / "sweep.html")
-    if png is not None:
-        (layout.out / "sweep.png").write_bytes(png)
+    if png is not None:  # temp file + rename, like the others: never a half-written or shared-inode plot
+        tmp = layout.out / ".sweep.png.tmp"
+        tmp.write_bytes(png)
+        os.replace(tmp, layout.out / "sweep.png")
     if choice is not None:
         say(choice.message)
     return doc
