@@ -76,6 +76,7 @@ def _register() -> None:
 
     for module in (teacher, distill, export, bench):
         main.add_command(module.command)
+    main.add_command(__import__("augkd_edge.cli.sweep", fromlist=["command"]).command)
 
 
 _register()
