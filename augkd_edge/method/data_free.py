@@ -37,6 +37,7 @@ from augkd_edge.batching import chunks, epoch_generator, weighted
 from augkd_edge.config import DataFreeConfig
 from augkd_edge.data import normalize
 from augkd_edge.distributed import current
+from augkd_edge.engine import NamedState
 from augkd_edge.losses import BNStatsHook, encoder_loss, generator_loss, student_kl
 from augkd_edge.models.fold import folded_copy
 from augkd_edge.models.setup import channels_last_on_cpu, freeze, no_param_grads
@@ -45,10 +46,11 @@ from augkd_edge.precision import Precision
 _VAL_STREAM = 7  # the validation noise's own RNG stream, apart from the training epochs'
 
 
-class DataFreeStage:
+class DataFreeStage(NamedState):
     """Module 1 as an engine stage; one batch = the noise for one iteration."""
 
     name = "data_free"
+    best = ("generator", "encoder", "student")
 
     def __init__(
         self,
@@ -222,29 +224,7 @@ class DataFreeStage:
         )
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.state_dict(),
-            "encoder": self.encoder.state_dict(),
-            "student": self.student.state_dict(),
-            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
-            "schedulers": {k: sch.state_dict() for k, sch in self.schedulers.items()},
-            "scaler": self.precision.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.encoder.load_state_dict(state["encoder"])
-        self.student.load_state_dict(state["student"])
-        for key, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][key])
-        for key, sch in self.schedulers.items():
-            sch.load_state_dict(state["schedulers"][key])
-        self.precision.load_state_dict(state.get("scaler", {}))
-
-    def best_state(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.state_dict(),
-            "encoder": self.encoder.state_dict(),
-            "student": self.student.state_dict(),
-        }
+    def parts(self) -> dict[str, Any]:
+        """What a checkpoint holds (``engine.NamedState``); the best epoch keeps the three networks."""
+        return {"generator": self.generator, "encoder": self.encoder, "student": self.student,
+                "optimizers": self.optimizers, "schedulers": self.schedulers, "scaler": self.precision}
