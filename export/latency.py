@@ -241,7 +241,9 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1
     else:
         ranked = np.argsort(-logits, axis=1, kind="stable")[:, :kmax]  # ties: the lower class index first
     hits = ranked == labels[:, None]
-    return {f"top{k}": float(hits[:, :k].any(axis=1).mean()) if k <= kmax else 1.0 for k in ks}
+    # the mean in float32, as torch's: training reports, the teacher-trust weights derived from
+    # them and export checks then give the same bits (docs/decisions.md#one-padding-rule-for-batched-logits)
+    return {f"top{k}": float(hits[:, :k].any(axis=1).mean(dtype=np.float32)) if k <= kmax else 1.0 for k in ks}
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
