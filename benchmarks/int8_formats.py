@@ -21,8 +21,6 @@ import contextlib
 import io
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -70,33 +68,23 @@ def quantize_all(fp32: Path, train_x: np.ndarray, out: Path) -> dict[str, Path]:
 
 def measure(paths: dict[str, Path], test_x: np.ndarray, test_y: np.ndarray, threads: int,
             rounds: int) -> dict[str, dict[str, float]]:
-    import onnxruntime as ort
+    from augkd_edge.export.latency import batched_logits, top1_accuracy
+    from augkd_edge.export.runtimes import OrtRunner
+    from augkd_edge.export.speedup import interleaved_medians
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sessions = {n: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for n, p in paths.items()}
-    res: dict[str, dict[str, float]] = {}
-    for name, s in sessions.items():
-        logits = np.concatenate([s.run(None, {"image": test_x[i:i + 256]})[0] for i in range(0, len(test_x), 256)])
-        res[name] = {"top1": float((logits.argmax(1) == test_y).mean()), "bytes": paths[name].stat().st_size}
-    for batch in (1, 8):
-        x = np.ascontiguousarray(test_x[:batch])
-        times: dict[str, list[float]] = {n: [] for n in sessions}
-        for s in sessions.values():
-            for _ in range(20):
-                s.run(None, {"image": x})
-        for _ in range(rounds):  # interleaved: load changes hit every format alike
-            for name, s in sessions.items():
-                t = time.perf_counter()
-                for _ in range(10):
-                    s.run(None, {"image": x})
-                times[name].append((time.perf_counter() - t) * 100.0)  # ms per call
-        for name in sessions:
-            res[name][f"batch{batch}_median_ms"] = statistics.median(times[name])
-            res[name][f"batch{batch}_speedup_vs_fp32"] = None  # filled below
-    for name, r in res.items():
+    runners = {name: OrtRunner(path, threads=threads) for name, path in paths.items()}
+    try:
+        res = {name: {"top1": top1_accuracy(batched_logits(r.infer, test_x), test_y),
+                      "bytes": paths[name].stat().st_size} for name, r in runners.items()}
         for batch in (1, 8):
-            r[f"batch{batch}_speedup_vs_fp32"] = res["fp32"][f"batch{batch}_median_ms"] / r[f"batch{batch}_median_ms"]
+            x = np.ascontiguousarray(test_x[:batch])
+            ms = interleaved_medians(runners, x, rounds=rounds, calls=10, warmup=20)
+            for name, r in res.items():
+                r[f"batch{batch}_median_ms"] = ms[name]
+                r[f"batch{batch}_speedup_vs_fp32"] = ms["fp32"] / ms[name]
+    finally:
+        for runner in runners.values():
+            runner.close()
     return res
 
 

@@ -20,26 +20,35 @@ import numpy as np
 from augkd_edge.export.runtimes import OrtRunner
 
 
+def interleaved_medians(runners: dict[str, Any], x: np.ndarray, *, rounds: int, calls: int,
+                        warmup: int) -> dict[str, float]:
+    """Median ms per call of each runner on ``x``, timed in interleaved rounds of ``calls`` calls.
+
+    Interleaving (every runner once per round) makes a change in the machine's
+    load hit all runners alike, so their ratios stay meaningful on a shared CPU.
+    """
+    for runner in runners.values():
+        runner.prepare(x)
+        for _ in range(warmup):
+            runner.run()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                runner.run()
+            samples[name].append((time.perf_counter() - start) * 1000.0 / calls)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def int8_speedup(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, *, batch: int = 1,
                  threads: int | None = None, rounds: int = 15, calls: int = 10, warmup: int = 10) -> dict[str, Any]:
     """Median ms per call of both models on ONNX Runtime's CPU provider at ``batch``, and FP32 / INT8."""
     x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])).astype(np.float32))
     with OrtRunner(fp32_path, threads=threads) as fp32, OrtRunner(int8_path, threads=threads) as int8:
-        runners = {"fp32": fp32, "int8": int8}
-        for runner in runners.values():
-            runner.prepare(x)
-            for _ in range(warmup):
-                runner.run()
-        samples: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(rounds):
-            for name, runner in runners.items():
-                start = time.perf_counter()
-                for _ in range(calls):
-                    runner.run()
-                samples[name].append((time.perf_counter() - start) * 1000.0 / calls)
-    fp32_ms, int8_ms = statistics.median(samples["fp32"]), statistics.median(samples["int8"])
+        ms = interleaved_medians({"fp32": fp32, "int8": int8}, x, rounds=rounds, calls=calls, warmup=warmup)
     return {"backend": "ort-cpu", "batch": batch, "threads": threads, "rounds": rounds, "calls_per_round": calls,
-            "fp32_median_ms": fp32_ms, "int8_median_ms": int8_ms, "speedup": fp32_ms / int8_ms}
+            "fp32_median_ms": ms["fp32"], "int8_median_ms": ms["int8"], "speedup": ms["fp32"] / ms["int8"]}
 
 
 def fp32_name(int8_name: str) -> str:
