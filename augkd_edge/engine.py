@@ -25,6 +25,7 @@ Version 1 files (epoch boundaries only) still load.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -74,7 +75,7 @@ class Stage(Protocol):
     def best_state(self) -> dict[str, Any]: ...
 
 
-class NamedState:
+class NamedState(abc.ABC):
     """A stage's ``state_dict`` / ``load_state_dict`` / ``best_state`` from its named parts.
 
     :meth:`parts`: name -> a network, optimizer, scheduler or ``Precision`` (anything with
@@ -85,8 +86,9 @@ class NamedState:
 
     best: tuple[str, ...] = ()
 
+    @abc.abstractmethod
     def parts(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """name -> the stage's part; what a checkpoint holds."""
 
     def state_dict(self) -> dict[str, Any]:
         return {name: _state_of(part) for name, part in self.parts().items()}
