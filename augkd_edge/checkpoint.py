@@ -16,9 +16,9 @@ from typing import Any
 
 from augkd_edge.errors import UserError, WriteError
 # the one atomic write lives in the torch-free export library (the Jetson runner writes reports with it too)
-from augkd_edge.export.atomic import atomic_write, write_bytes_atomic, write_text_atomic
+from augkd_edge.export.atomic import atomic_write, write_text_atomic
 
-__all__ = ["atomic_write", "check_writable_dir", "load_safe", "save_atomic", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["check_writable_dir", "load_safe", "save_atomic", "write_text_atomic"]
 
 
 def check_writable_dir(folder: str | os.PathLike, what: str) -> None:

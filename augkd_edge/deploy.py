@@ -13,17 +13,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from augkd_edge.export.api import ExportCheckFailed, ExportOptions, StudentToExport, export_student_model
+from augkd_edge.export.api import ExportCheckFailed, ExportOptions, StudentToExport, export_student_model, silent
 
 __all__ = ["ExportCheckFailed", "ExportOptions", "export_student"]
 
 
-def _quiet(message: str, err: bool = False) -> None:
-    """No output by default: the returned record (and export.json) holds every figure."""
-
-
 def export_student(model_file: str | Path, out_dir: str | Path, *, input_size: int | None = None,
-                   split: str = "test", echo: Callable[..., None] = _quiet, **options: Any) -> dict[str, Any]:
+                   split: str = "test", echo: Callable[..., None] = silent, **options: Any) -> dict[str, Any]:
     """Export the student in ``model_file`` (a ``student.pt``/``teacher.pt`` or a run folder) into ``out_dir``.
 
     ``options`` are the fields of :class:`ExportOptions` (``onnx=True``, ``int8``, ``trt``,
@@ -39,12 +35,13 @@ def export_student(model_file: str | Path, out_dir: str | Path, *, input_size: i
     from augkd_edge._version import __version__
     from augkd_edge.checkpoint import check_writable_dir
     from augkd_edge.export.tensorrt import sha256_file
-    from augkd_edge.rundir import load_student, resolve_model_path, split_arrays
+    from augkd_edge.models.loading import load_model_file
+    from augkd_edge.rundir import resolve_model_path, split_arrays
 
     opts = ExportOptions(**options)
     check_writable_dir(out_dir, "--out")
     model_path = resolve_model_path(model_file)
-    model, meta = load_student(model_path)
+    model, meta = load_model_file(model_path)
     if input_size is not None and input_size != meta.input_size:
         echo(f"note: exporting at {input_size}px; the model was trained at {meta.input_size}px", err=True)
         meta = dataclasses.replace(meta, input_size=input_size)

@@ -158,7 +158,7 @@ def _file_entry(path: Path, precision: str) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "precision": precision}
 
 
-def _quiet(message: str, err: bool = False) -> None:
+def silent(message: str, err: bool = False) -> None:
     """The default ``echo``: a library call prints nothing; ``export.json`` holds every figure."""
 
 
@@ -175,7 +175,7 @@ class _Job:
 
 
 def export_student_model(student: StudentToExport, out_dir: str | Path, options: ExportOptions | None = None,
-                         echo: Echo = _quiet, package_version: str | None = None) -> dict[str, Any]:
+                         echo: Echo = silent, package_version: str | None = None) -> dict[str, Any]:
     """Export ``student`` into ``out_dir`` and return the ``export.json`` record.
 
     Raises :class:`ExportCheckFailed` (exit code 3 in the CLI) when parity, the INT8
@@ -253,6 +253,7 @@ def _export_int8(job: _Job, fp32_path: Path) -> Path:
     from augkd_edge.export.latency import batched_logits, top1_accuracy
     from augkd_edge.export.quantize import INT8_FORMATS, quantize_int8
     from augkd_edge.export.runtimes import OrtRunner
+    from augkd_edge.export.speedup import int8_speedup
 
     opt, student = job.options, job.student
     if student.calibration_images is None:
@@ -265,7 +266,10 @@ def _export_int8(job: _Job, fp32_path: Path) -> Path:
     with OrtRunner(fp32_path, threads=opt.threads) as fp32, OrtRunner(int8_path, threads=opt.threads) as int8:
         acc32 = top1_accuracy(batched_logits(fp32.infer, x, fixed_batch=opt.batch), y)
         acc8 = top1_accuracy(batched_logits(int8.infer, x, fixed_batch=opt.batch), y)
-    gate = int8_gate(acc32, acc8, opt.max_drop, opt.force)
+        gate = int8_gate(acc32, acc8, opt.max_drop, opt.force)
+        # timed on the same sessions, and only for a model that is kept
+        speed = (int8_speedup(fp32, int8, x, batch=opt.batch or 1, threads=opt.threads)
+                 if gate["accepted"] or opt.force else None)
     job.record["int8"] = {
         "target": opt.int8_target, **INT8_FORMATS[opt.int8_target].description,
         "calibration": opt.calibration, "calibration_split": "train", "calibration_images": int(len(calib)),
@@ -283,16 +287,13 @@ def _export_int8(job: _Job, fp32_path: Path) -> Path:
     if not gate["accepted"]:
         job.echo("INT8: drop over the limit, kept because of --force", err=True)
     job.record["files"]["student.int8.onnx"] = _file_entry(int8_path, "int8")
-    _int8_speed_here(job, fp32_path, int8_path)
+    _int8_speed_here(job, speed)
     return int8_path
 
 
-def _int8_speed_here(job: _Job, fp32_path: Path, int8_path: Path) -> None:
+def _int8_speed_here(job: _Job, speed: dict[str, Any]) -> None:
     """Record and print INT8's speed-up over FP32 on this machine's ONNX Runtime CPU provider; warn if none."""
-    from augkd_edge.export.speedup import int8_speedup
-
     opt = job.options
-    speed = int8_speedup(fp32_path, int8_path, job.student.check_images, batch=opt.batch or 1, threads=opt.threads)
     job.record["int8"]["speed_here"] = speed
     job.echo(f"INT8 on this machine (ONNX Runtime CPU, batch {speed['batch']}): {speed['int8_median_ms']:.3f} ms "
              f"vs FP32 {speed['fp32_median_ms']:.3f} ms per call, {speed['speedup']:.2f}x")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from augkd_edge.export import bench_render
-from augkd_edge.export.bench_report import COMPARE_KIND, CONFIG_KEYS, SCHEMA, ReportError, write_json, write_text_atomic
+from augkd_edge.export.atomic import write_text_atomic
+from augkd_edge.export.bench_report import COMPARE_KIND, CONFIG_KEYS, SCHEMA, ReportError, write_json
 
 
 def compare(reports: Sequence[dict[str, Any]], names: Sequence[str], baseline: int = 0,

@@ -41,12 +41,14 @@ def interleaved_medians(runners: dict[str, Any], x: np.ndarray, *, rounds: int, 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def int8_speedup(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, *, batch: int = 1,
+def int8_speedup(fp32: OrtRunner, int8: OrtRunner, images: np.ndarray, *, batch: int = 1,
                  threads: int | None = None, rounds: int = 15, calls: int = 10, warmup: int = 10) -> dict[str, Any]:
-    """Median ms per call of both models on ONNX Runtime's CPU provider at ``batch``, and FP32 / INT8."""
+    """Median ms per call of both open ONNX Runtime CPU runners at ``batch``, and FP32 / INT8.
+
+    ``threads``: what the runners were opened with, recorded beside the figures.
+    """
     x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])).astype(np.float32))
-    with OrtRunner(fp32_path, threads=threads) as fp32, OrtRunner(int8_path, threads=threads) as int8:
-        ms = interleaved_medians({"fp32": fp32, "int8": int8}, x, rounds=rounds, calls=calls, warmup=warmup)
+    ms = interleaved_medians({"fp32": fp32, "int8": int8}, x, rounds=rounds, calls=calls, warmup=warmup)
     return {"backend": "ort-cpu", "batch": batch, "threads": threads, "rounds": rounds, "calls_per_round": calls,
             "fp32_median_ms": ms["fp32"], "int8_median_ms": ms["int8"], "speedup": ms["fp32"] / ms["int8"]}
 

@@ -123,7 +123,8 @@ def test_int8_speed_here_and_bench_pairs(trained):
 
     root, fp32, calib = trained
     int8 = quantize_int8(fp32, root / "speed.onnx", calib, batch_size=50, target="ort-cpu")
-    speed = int8_speedup(fp32, int8, calib[:3], batch=2, threads=1, rounds=3, calls=2, warmup=1)
+    with OrtRunner(fp32, threads=1) as f, OrtRunner(int8, threads=1) as q:
+        speed = int8_speedup(f, q, calib[:3], batch=2, threads=1, rounds=3, calls=2, warmup=1)
     assert speed["batch"] == 2 and speed["fp32_median_ms"] > 0 and speed["int8_median_ms"] > 0
     assert speed["speedup"] == pytest.approx(speed["fp32_median_ms"] / speed["int8_median_ms"])
     assert fp32_name("student.int8.onnx") == "student.onnx"

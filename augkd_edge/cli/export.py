@@ -29,12 +29,9 @@ def _batch_option(value: str) -> int | None:
     if value == "dynamic":
         return None
     try:
-        batch = int(value)
+        return int(value)  # ExportOptions refuses a batch below 1
     except ValueError:
         raise UserError(f"--batch {value!r}: give 'dynamic' or a positive integer.") from None
-    if batch < 1:
-        raise UserError(f"--batch {value}: a fixed batch must be >= 1.")
-    return batch
 
 
 @click.command("export")
