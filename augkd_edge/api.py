@@ -36,7 +36,7 @@ def run(config: Any, out: str | Path | None, *, resume: bool, cache_dir: str | P
         options: dict[str, Any]) -> dict[str, Any]:
     from augkd_edge import distributed
     from augkd_edge.device import set_deterministic
-    from augkd_edge.pipeline import run_distill
+    from augkd_edge.pipeline import run_distill, silent
 
     cfg = config_of(config, options)
     out = out if out is not None else cfg.out
@@ -46,7 +46,7 @@ def run(config: Any, out: str | Path | None, *, resume: bool, cache_dir: str | P
     set_deterministic(deterministic)
     with distributed.session(distributed.device_for(cfg.device)):
         return run_distill(cfg, Path(out), resume=resume, progress=progress, cache_dir=Path(cache_dir).expanduser(),
-                           shared_dir=shared_dir, echo=echo or _silent, checkpoint_every=checkpoint_every)
+                           shared_dir=shared_dir, echo=echo or silent, checkpoint_every=checkpoint_every)
 
 
 def stage(module: str, config: Any = None, *, teacher: Any, student: Any = None, generator: Any = None,
@@ -76,7 +76,3 @@ def stage(module: str, config: Any = None, *, teacher: Any, student: Any = None,
                                  eval_labels, cfg.mixup, anchor=anchor, augment=make_augment(augment), trust=trust,
                                  **common)
     raise ValueError(f"module {module!r}: use data_free, anchor or mixup")
-
-
-def _silent(_: str) -> None:
-    """The echo of a silent run."""

@@ -135,7 +135,7 @@ def run_distill(
 
     out_dir = Path(out_dir)
     if not current().is_main:
-        echo = _silent
+        echo = silent
     check_run_dir(cfg, out_dir, resume)  # validate everything before writing anything
     shared = Path(shared_dir) if shared_dir is not None else out_dir / "ckpt"
     run = Run(cfg, out_dir, shared, Path(cache_dir), device_for(cfg.device), resume, progress, checkpoint_every, echo)
@@ -175,7 +175,8 @@ def splits_step(run: Run) -> None:
 def teacher_step(run: Run) -> None:
     """The teacher (the user's, or trained here and cached), its accuracy and energy on the student domain."""
     from augkd_edge.distributed import current
-    from augkd_edge.evaluate import evaluate_classifier, predict_logits, teacher_energies
+    from augkd_edge import losses
+    from augkd_edge.evaluate import evaluate_classifier, predict_logits
     from augkd_edge.report import write_uncertainty
     from augkd_edge.teacher import obtain_teacher
 
@@ -188,8 +189,8 @@ def teacher_step(run: Run) -> None:
     run.teacher = teacher
     run.teacher_student = {split: evaluate_classifier(teacher, x[split], y[split], common["mean"], common["std"])
                            for split in ("eval", "test")}
-    energy = teacher_energies(teacher, x["train"], common["mean"], common["std"])
-    preds = predict_logits(teacher, x["train"], common["mean"], common["std"]).argmax(dim=1).cpu()
+    logits = predict_logits(teacher, x["train"], common["mean"], common["std"])  # one pass for both
+    energy, preds = losses.energy(logits).cpu(), logits.argmax(dim=1).cpu()
     if current().is_main:
         write_uncertainty(run.out_dir / "uncertainty.json", energy, y["train"], preds, run.splits["train"],
                           run.domain.classes)
@@ -372,8 +373,8 @@ def _fit_stage(run: Run, stage: Any, epochs: int, path: Path, fp: dict[str, Any]
     return result.best_state
 
 
-def _silent(_: str) -> None:
-    """The echo of ranks other than 0."""
+def silent(_: str) -> None:
+    """The echo of ranks other than 0, and of a silent run (augkd_edge.distill(echo=None))."""
 
 
 def _final_stage(run: Run, trust: tuple[float, float] | None) -> Any:

@@ -234,7 +234,7 @@ def generated_views(
             anchor.eval()
             rows.append(generator(mixup_latent(mu, y, anchor, 0.0)))  # f = 0: the anchor z_a
         out["anchors"] = torch.cat(rows).cpu()
-        columns = [mixup_images(x, y, f, generator, encoder, anchor) for f in factors]
+        columns = [mixup_images(x, mu, y, f, generator, anchor) for f in factors]
         # one row per class, one column per f
         out["mixup"] = torch.stack(columns, dim=1).flatten(0, 1).cpu()
     return out

@@ -157,14 +157,13 @@ def mixup_latent(z: torch.Tensor, y: torch.Tensor, anchor: AnchorNet | None, f: 
     return z_m
 
 
-def mixup_images(x: torch.Tensor, y: torch.Tensor, f: float, generator: nn.Module, encoder: nn.Module,
+def mixup_images(x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, f: float, generator: nn.Module,
                  anchor: AnchorNet | None) -> torch.Tensor:
     """Module 3's training image x_m = (1 - f) G(z_m) + f x, z = E(x, y) (mu), in [0, 1].
 
-    The run report draws these; training computes the same with the normalisation
-    fused in (:meth:`MixupStage.student_inputs`).
+    The run report draws these (``z`` encoded once for every f); training computes the
+    same with the normalisation fused in (:meth:`MixupStage.student_inputs`).
     """
-    _, z, _ = encoder(x, y)
     return (1 - f) * generator(mixup_latent(z, y, anchor, f)) + f * x
 
 
