@@ -80,7 +80,8 @@ def environment_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub Markdown table; '|' inside a cell is escaped so no value can break the table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(out)
@@ -94,7 +95,7 @@ def _errors(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     header, rows = result_table(report)
     parts = ["# Latency report", "", *[f"- {line}" for line in environment_lines(report)], "",
-             _md_table(header, rows), ""]
+             md_table(header, rows), ""]
     errors = _errors(report)
     if errors:
         parts += ["## Failed cells", "", *[f"- {e}" for e in errors], ""]
@@ -269,7 +270,7 @@ def _comparison_intro(comparison: dict[str, Any], reports: Sequence[dict[str, An
 def render_comparison_markdown(comparison: dict[str, Any], reports: Sequence[dict[str, Any]]) -> str:
     header, rows = compare_table(comparison)
     return "\n".join(["# Latency comparison", "", *[f"- {x}" for x in _comparison_intro(comparison, reports)], "",
-                      _md_table(header, rows), ""])
+                      md_table(header, rows), ""])
 
 
 def render_comparison_html(comparison: dict[str, Any], reports: Sequence[dict[str, Any]]) -> str:

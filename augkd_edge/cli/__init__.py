@@ -72,11 +72,10 @@ def _clean_skip_warnings() -> None:
 
 def _register() -> None:
     # Imported here, not at the top: each module imports ``main``'s package.
-    from augkd_edge.cli import bench, distill, export, teacher
+    from augkd_edge.cli import bench, distill, export, sweep, teacher
 
-    for module in (teacher, distill, export, bench):
+    for module in (teacher, distill, export, bench, sweep):
         main.add_command(module.command)
-    main.add_command(__import__("augkd_edge.cli.sweep", fromlist=["command"]).command)
 
 
 _register()

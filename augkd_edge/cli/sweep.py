@@ -9,7 +9,6 @@ work), then calls ``augkd_edge.sweep.loop``. The schema of ``sweep.json`` is in
 from __future__ import annotations
 
 import difflib
-import hashlib
 import shlex
 import signal
 import sys
@@ -148,6 +147,7 @@ def command(students: str, precision_text: str, method: str, preset: str, seed: 
 def _settings(opts: dict[str, Any]) -> dict[str, Any]:
     """Validated settings, recorded in sweep.json; raises UserError on any bad input before work starts."""
     from augkd_edge.checkpoint import check_writable_dir
+    from augkd_edge.export.tensorrt import sha256_file
     from augkd_edge.sweep.select import load_bench_report
 
     _check_choice(opts["method"], "method")
@@ -159,7 +159,7 @@ def _settings(opts: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": opts["method"], "preset": opts["preset"], "seed": opts["seed"],
         "config": str(config) if config else None,
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config else None,
+        "config_sha256": sha256_file(config) if config else None,
         "distill_args": list(_child_args(opts["distill_args"], "distill")),
         "export_args": list(_child_args(opts["export_args"], "export")),
         "cache_dir": str(opts["cache_dir"]) if opts["cache_dir"] else None,

@@ -10,11 +10,10 @@ are rebuilt from all records on every call, so a rerun with another
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from augkd_edge.checkpoint import write_text_atomic
+from augkd_edge.export.atomic import write_bytes_atomic, write_text_atomic
 from augkd_edge.sweep import records, render, select
 from augkd_edge.sweep.records import Layout, candidate_id
 from augkd_edge.sweep.runner import Plan, StepFailed, distill, failed_record, run_candidate
@@ -112,10 +111,8 @@ def write_outputs(layout: Layout, settings: dict[str, Any], command: str, studen
     write_text_atomic(json.dumps(doc, indent=2) + "\n", layout.out / "sweep.json")
     write_text_atomic(render.markdown(doc), layout.out / "sweep.md")
     write_text_atomic(render.html_page(doc, png), layout.out / "sweep.html")
-    if png is not None:  # temp file + rename, like the others: never a half-written or shared-inode plot
-        tmp = layout.out / ".sweep.png.tmp"
-        tmp.write_bytes(png)
-        os.replace(tmp, layout.out / "sweep.png")
+    if png is not None:
+        write_bytes_atomic(png, layout.out / "sweep.png")
     if choice is not None:
         say(choice.message)
     return doc

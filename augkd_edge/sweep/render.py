@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any, Sequence
+from typing import Any
+
+from augkd_edge.export.bench_render import md_table
 
 
 def _ms(entry: dict[str, Any], key: str) -> str:
@@ -33,13 +35,6 @@ def table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      f"{e['model_bytes'] / 1e6:.2f}" if e.get("model_bytes") else "-",
                      "yes" if e["pareto"] else "", "**yes**" if e["chosen"] else "", status])
     return header, rows
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub Markdown table; '|' inside a reason is escaped so a failure cannot break the table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
@@ -67,7 +62,7 @@ def markdown(doc: dict[str, Any]) -> str:
     """``sweep.md``: the summary, the table and a pointer to the plot."""
     header, rows = table(doc)
     parts = ["# augkd-edge sweep", "", *[f"- {line}" for line in summary_lines(doc)], "",
-             _md_table(header, rows), "",
+             md_table(header, rows), "",
              "Top-1 on the student domain's test split; latency in ms per batch. Pareto: no other candidate is "
              "both at least as accurate and at least as fast. Plot: `sweep.png` (also inside `sweep.html`).", ""]
     return "\n".join(parts)
