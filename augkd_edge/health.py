@@ -124,9 +124,10 @@ def problems(health: dict[str, Any], teacher_raw_top1: float, objective: str = "
             f"Module 1: the teacher is less sure about the generator's own samples (mean energy "
             f"{gen['teacher_energy_mean']:.2f}) than about the raw student images ({gen['student_raw_energy_mean']:.2f}): "
             "the generator grid shows shapes, not the teacher's domain. Anchors and reconstructions can still be fine "
-            "(they start from real images). On a CPU budget this is expected: more iterations, a larger "
+            "(they start from real images). On a CPU budget this is expected: 8x more iterations, a larger "
             "--df-bn-weight or learning rate did not make the samples digits in our measurements (docs/method.md, "
-            "\"Making G(z) draw digits\"); the paper's preset (--preset paper, on a GPU) trains Module 1 far longer."
+            "\"Making G(z) draw digits\"); whether the paper's far longer Module 1 (--preset paper, on a GPU) "
+            "does is not measured yet."
         )
     if rec is not None and rec["teacher_top1"] < teacher_raw_top1:
         found.append(
