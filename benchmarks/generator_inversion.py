@@ -204,7 +204,7 @@ def run(out: Path, cache_dir: Path) -> dict[str, Any]:
         prefix = "conditional-" if cond else ""
         picture = grid_by_class(x, labels, out / f"{prefix}generator-res{res}-{steps}x{batch}.png")
         rows.append({"name": name, "wall_s": round(wall, 1), "picture": picture, **score(teacher, judge, x)})
-        if cond:  # does G in eval mode draw the class it is asked for?
+        if cond:  # does G draw the class it is asked for?
             rows[-1]["teacher_reads_drawn_class"] = round(float((labels == drawn).float().mean()), 3)
         print(json.dumps(rows[-1]), flush=True)
     t0 = time.perf_counter()
