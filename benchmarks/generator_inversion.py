@@ -96,12 +96,21 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor) -> tuple[nn.Module, 
     return net, perm[n_train:], held_out
 
 
-def score(teacher: nn.Module, judge: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-    """Judge agreement with ``labels`` (default: the teacher's argmax), the teacher's energy and top class share."""
+def score(teacher: nn.Module, judge: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None,
+          stretch: bool = False) -> dict[str, float]:
+    """Judge agreement with ``labels`` (default: the teacher's argmax), the teacher's energy and top class share.
+
+    ``stretch``: the judge sees each image's grey levels stretched to [0, 1] (the teacher sees the image
+    as it is), so that a faint digit on a grey ground counts as a digit.
+    """
     with torch.no_grad():
         logits = teacher(normalize(x, IMAGENET_MEAN, IMAGENET_STD))
         target = logits.argmax(1) if labels is None else labels
-        agree = (judge(x.mean(1, keepdim=True)).argmax(1) == target).float().mean()
+        grey = x.mean(1, keepdim=True)
+        if stretch:
+            low, high = grey.amin((1, 2, 3), keepdim=True), grey.amax((1, 2, 3), keepdim=True)
+            grey = (grey - low) / (high - low).clamp_min(1e-6)
+        agree = (judge(grey).argmax(1) == target).float().mean()
         return {"judge_agreement": round(float(agree), 3),
                 "teacher_top1": round(float((logits.argmax(1) == target).float().mean()), 3),
                 "teacher_energy": round(float(energy(logits).mean()), 2),
