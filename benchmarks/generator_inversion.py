@@ -38,6 +38,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ from torch import nn
 
 from augkd_edge.config import DistillConfig
 from augkd_edge.data import IMAGENET_MEAN, IMAGENET_STD, load_domain, normalize
-from augkd_edge.losses import BNStatsHook, class_balance, energy, teacher_argmax_ce
+from augkd_edge.losses import BNStatsHook, energy, generator_loss
 from augkd_edge.models.generative import Generator
-from augkd_edge.report import save_grid
+from augkd_edge.report import save_grid, write_json
 from augkd_edge.teacher import obtain_teacher
 
 SIZE = 32
@@ -153,9 +154,9 @@ def train_generator(teacher: nn.Module, res: int, steps: int, batch: int, cfg: A
             logits = teacher(normalize(x, IMAGENET_MEAN, IMAGENET_STD))
         if cond:
             loss = F.cross_entropy(logits, labels) + cfg.bn_weight * bn.loss()
-        else:
-            loss = (cfg.ce_weight * teacher_argmax_ce(logits) + cfg.alpha_g * class_balance(logits)
-                    + cfg.bn_weight * bn.loss())
+        else:  # Module 1's own L_G, its adversarial term off (there is no student here)
+            loss = generator_loss(logits, logits, bn.loss(), adv_weight=0.0, ce_weight=cfg.ce_weight,
+                                  alpha_g=cfg.alpha_g, bn_weight=cfg.bn_weight)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -241,6 +242,17 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_results(out: Path, script: str, argv: list[str] | None, result: dict[str, Any],
+                 render: Callable[[dict[str, Any]], str]) -> None:
+    """``<script>.json`` and ``<script>.md`` in ``out``, with the command that made them; the Markdown is printed."""
+    args = sys.argv[1:] if argv is None else argv
+    result["command"] = shlex.join(["python", f"benchmarks/{script}.py", *args])
+    write_json(result, out / f"{script}.json")
+    text = render(result)
+    (out / f"{script}.md").write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/generator-inversion")
@@ -248,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run(out, Path(args.cache_dir))
-    result["command"] = shlex.join(["python", "benchmarks/generator_inversion.py", *(argv or sys.argv[1:])])
-    (out / "generator_inversion.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "generator_inversion.md").write_text(markdown(result))
-    print(markdown(result))
+    save_results(out, "generator_inversion", argv, run(out, Path(args.cache_dir)), markdown)
     return 0
 
 

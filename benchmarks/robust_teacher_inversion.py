@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -125,8 +124,8 @@ def markdown(result: dict[str, Any]) -> str:
              "| teacher | train (s) | MNIST held-out top-1 | optdigits top-1 | inversion | judge agreement "
              "| teacher energy | picture |", "|---|---:|---:|---:|---|---:|---:|---|"]
     for row in result["rows"]:
-        for key, label in (("pixel_600", "pixels, 600 steps"), ("pixel_2000", "pixels, 2000 steps"),
-                           ("generator_180", "generator, 180 steps (quick preset)")):
+        inversions = [(f"pixel_{steps}", f"pixels, {steps} steps") for steps in gi.PIXEL_STEPS]
+        for key, label in [*inversions, ("generator_180", "generator, 180 steps (quick preset)")]:
             r = row[key]
             lines.append(f"| {row['teacher']} | {row['train_s']} | {row['mnist_heldout_top1']:.3f} "
                          f"| {row['optdigits_top1']:.3f} | {label} | {r['judge_agreement']:.3f} "
@@ -147,11 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             "x_held": mnist.images[perm[N_TRAIN:]], "y_held": mnist.labels[perm[N_TRAIN:]],
             "x_opt": optdigits.images, "y_opt": optdigits.labels}
     rows = [one_teacher(name, adv, data, judge, out) for name, adv in (("standard", False), ("PGD", True))]
-    result = {"judge_heldout_top1": round(judge_top1, 3), "rows": rows,
-              "command": shlex.join(["python", "benchmarks/robust_teacher_inversion.py", *(argv or sys.argv[1:])])}
-    (out / "robust_teacher_inversion.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "robust_teacher_inversion.md").write_text(markdown(result))
-    print(markdown(result))
+    gi.save_results(out, "robust_teacher_inversion", argv, {"judge_heldout_top1": round(judge_top1, 3), "rows": rows},
+                    markdown)
     return 0
 
 
