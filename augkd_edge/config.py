@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from augkd_edge.errors import UserError
+from augkd_edge.methods import AUTO_CANDIDATES, METHODS, Method  # noqa: F401  (the method table, read from here)
 
 PRESETS = ("quick", "paper")
 SCHEDULES = ("linear", "step")
@@ -36,36 +37,7 @@ AMP_MODES = ("off", "bf16", "fp16")  # --amp; augkd_edge.precision implements th
 ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
 ANCHOR_CERTAINTY = ("label", "all")  # the bounded objective's energy: the label's, or over all classes
 TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """What one ``--method`` runs: the one table the pipeline, the stages, the report and the CLI read.
-
-    ``final``: the student-domain stage after Modules 1 and 2: ``"mixup"`` (Module 3, ``method/mixup.py``),
-    ``"baseline"`` (``method/baselines.py``) or None (``dfkd``: the Module 1 student as it is), named
-    ``stage_name`` (its checkpoint ``ckpt/<stage_name>.ckpt`` and metrics lines).
-    """
-
-    name: str
-    data_free: bool  # Module 1 (generator, encoder, student warm-up)
-    anchor: bool  # Module 2 (AnchorNet); Module 3 without it mixes towards the reconstruction (z_a = z)
-    final: str | None
-    stage_name: str | None
-    mixup: bool = False  # Module 3 mixes generated and real images (False: f = 1 throughout)
-    kd: bool = False  # a baseline that distils from the teacher (u * CE + (1 - u) * tau^2 * KL)
-    summary: str = ""
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("augkd", True, True, "mixup", "mixup", mixup=True, summary="AuG-KD (Modules 1, 2, 3)"),
-    Method("no-kd", False, False, "baseline", "no_kd", summary="CE on the labelled images alone"),
-    Method("kd", False, False, "baseline", "kd", kd=True, summary="KD from the teacher on the labelled images"),
-    Method("dfkd", True, False, None, None, summary="the Module 1 student as it is"),
-    Method("dfkd-finetune", True, False, "baseline", "dfkd_finetune", summary="the Module 1 student fine-tuned with CE"),
-    Method("no-anchor", True, False, "mixup", "mixup_no_anchor", mixup=True, summary="Module 3 without Module 2 (z_a = z)"),
-    Method("no-mixup", True, True, "mixup", "mixup_no_mixup", summary="Module 3 with f = 1 (no mixup)"),
-)}
+ANCHOR_SHARE = ("measured", "full")  # method/mixup.py: the anchor's share of Module 3's mixtures
 
 
 @dataclasses.dataclass
@@ -156,8 +128,9 @@ class AnchorConfig:
     energy_margin: float | None = None
     # bounded: certainty measured as the label's energy -f_y ("label") or Energy_tau over all classes ("all").
     certainty: str = "label"
-    # bounded: weight of ||z_a - z||^2 / L, which keeps the anchor near the sample's latent.
-    lambda_z: float = 10.0
+    # bounded: weight of ||z_a - z||^2 / L, which keeps the anchor near the sample's latent; 100 keeps the
+    # anchors faithful to their images (10 made class prototypes: docs/method.md, "Anchor fidelity").
+    lambda_z: float = 100.0
     # Invariant ratio: fraction of latent dimensions kept; the mask targets L * (1 - alpha) rewritten
     # (paper 0.25).
     alpha: float = 0.75
@@ -195,6 +168,12 @@ class MixupConfig:
     # "measured": the teacher's share 1 - u (and the curriculum's start b) follow its chance-corrected top-1 on
     # the eval split's raw images and anchors; "fixed": 1 - u throughout (the paper). docs/method.md, "Module 3".
     teacher_trust: str = "measured"
+    # "measured": the anchor's share w of the mixtures' latent, z_m = (1 - f) (w z_a + (1 - w) z) + f z, follows the
+    # anchors' fidelity on the eval split (augkd_edge.fidelity): 0 at fidelity_floor or below (AuG-KD becomes the
+    # no-anchor ablation), 1 from fidelity_full on; "full": w = 1 (the paper). docs/method.md, "Anchor fidelity".
+    anchor_share: str = "measured"
+    fidelity_floor: float = 0.6
+    fidelity_full: float = 0.8
     # Recompute the student's BatchNorm statistics on the training images before each evaluation.
     recompute_bn: bool = True
 
@@ -337,6 +316,10 @@ def _validate_sections(cfg: "DistillConfig", need: Any) -> None:
          f"use one of {', '.join(SCHEDULES)}")
     need(cfg.mixup.curriculum in CURRICULA, "mixup.curriculum", cfg.mixup.curriculum,
          f"use one of {', '.join(CURRICULA)}")
+    need(cfg.mixup.anchor_share in ANCHOR_SHARE, "mixup.anchor_share", cfg.mixup.anchor_share,
+         f"use one of {', '.join(ANCHOR_SHARE)}")
+    need(0 <= cfg.mixup.fidelity_floor < cfg.mixup.fidelity_full <= 1, "mixup.fidelity_floor",
+         (cfg.mixup.fidelity_floor, cfg.mixup.fidelity_full), "need 0 <= fidelity_floor < fidelity_full <= 1")
     need(cfg.mixup.teacher_trust in TEACHER_TRUST, "mixup.teacher_trust", cfg.mixup.teacher_trust,
          f"use one of {', '.join(TEACHER_TRUST)}")
     for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",

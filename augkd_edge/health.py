@@ -12,7 +12,11 @@ pictures of the report show, and says in words when a module failed
 - anchors: teacher top-1 on G(A(E(x, y), y)), the largest share of anchors the
   teacher puts in one class, mean energy on the anchors next to the teacher's
   mean energy on its own domain, and how far anchors of different images of
-  one class are from each other next to the same figure for the images.
+  one class are from each other next to the same figure for the images;
+- fidelity of reconstructions and anchors (``augkd_edge.fidelity``): is each one
+  more like its own image than like the other images of its class? The teacher's
+  top-1 cannot tell: it is what Module 2 optimises, and a teacher-fooling blob
+  passes it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch import nn
 # report.md flags a collapse below / above these (issue 13's thresholds)
 COLLAPSE_TOP1 = 0.5
 COLLAPSE_SHARE = 0.5
+# report.md says anchors have lost their samples below this fidelity (chance 0.5; docs/method.md, "Anchor fidelity")
+FIDELITY_LOST = 0.7
 
 
 def _pair_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -43,6 +49,22 @@ def _pair_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
     return total / pairs if pairs else float("nan")
 
 
+def _made_images(generator: nn.Module, encoder: nn.Module, anchor: nn.Module | None, images: torch.Tensor,
+                 labels: torch.Tensor, batch_size: int, device: torch.device
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Batches of reconstructions G(E(x, y)) and (with an AnchorNet) anchors G(A(E(x, y), y)), on the CPU."""
+    recon, anchors = [], []
+    for start in range(0, len(labels), batch_size):
+        x = images[start:start + batch_size].to(device)
+        y = labels[start:start + batch_size].to(device)
+        _, z, _ = encoder(x, y)
+        recon.append(generator(z).float().cpu())
+        if anchor is not None:
+            z_a, _ = anchor(z, y)
+            anchors.append(generator(z_a).float().cpu())
+    return recon, anchors
+
+
 @torch.no_grad()
 def module_health(
     teacher: nn.Module,
@@ -57,6 +79,8 @@ def module_health(
     teacher_domain_energy: float | None,
     batch_size: int = 256,
     generator_samples: int = 256,
+    pool_images: torch.Tensor | None = None,
+    pool_labels: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """``{"generator": {...}, "reconstruction": {...}, "anchor": {...}}`` on labelled student images (the eval split).
 
@@ -64,8 +88,11 @@ def module_health(
     compares the teacher's certainty on G's own samples (fixed noise) with its
     certainty on the raw student images: a generator that draws the teacher's
     domain should leave the teacher at least as sure as a foreign domain does.
+    ``pool_images`` / ``pool_labels`` (the train split): more same-class
+    distractors for the fidelity scores, which are measured on ``images``.
     """
     from augkd_edge.evaluate import predict_logits
+    from augkd_edge.fidelity import retrieval_fidelity
     from augkd_edge.losses import energy
 
     out: dict[str, Any] = {"generator": None, "reconstruction": None, "anchor": None}
@@ -75,16 +102,7 @@ def module_health(
     for net in (teacher, generator, encoder, anchor):
         if net is not None:
             net.eval()
-    recon, anchors = [], []
-    for start in range(0, len(labels), batch_size):
-        x = images[start:start + batch_size].to(device)
-        y = labels[start:start + batch_size].to(device)
-        _, z, _ = encoder(x, y)
-        recon.append(generator(z).float().cpu())
-        if anchor is not None:
-            z_a, _ = anchor(z, y)
-            anchors.append(generator(z_a).float().cpu())
-
+    recon, anchors = _made_images(generator, encoder, anchor, images, labels, batch_size, device)
     def teacher_view(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = predict_logits(teacher, x, mean, std, batch_size).cpu()
         return logits.argmax(dim=1), energy(logits)
@@ -96,8 +114,14 @@ def module_health(
     _, raw_energy = teacher_view(images.float())
     out["generator"] = {"teacher_energy_mean": float(gen_energy.mean()),
                         "student_raw_energy_mean": float(raw_energy.mean())}
-    pred, _ = teacher_view(torch.cat(recon))
-    out["reconstruction"] = {"teacher_top1": float((pred == labels).float().mean())}
+    source = images.float()
+
+    def fidelity(made: torch.Tensor) -> float:
+        return retrieval_fidelity(made, source, labels, pool_images, pool_labels)
+
+    x_rec = torch.cat(recon)
+    pred, _ = teacher_view(x_rec)
+    out["reconstruction"] = {"teacher_top1": float((pred == labels).float().mean()), "fidelity": fidelity(x_rec)}
     if anchor is not None:
         x_a = torch.cat(anchors)
         pred, e = teacher_view(x_a)
@@ -108,6 +132,7 @@ def module_health(
             "teacher_domain_energy_mean": teacher_domain_energy,
             "same_class_distance": _pair_distance(x_a, labels),
             "source_same_class_distance": _pair_distance(images.float(), labels),
+            "fidelity": fidelity(x_a),
         }
     return out
 
@@ -145,6 +170,19 @@ def problems(health: dict[str, Any], teacher_raw_top1: float, objective: str = "
             found.append(
                 f"Module 2 COLLAPSED: the teacher names the label on {anc['teacher_top1']:.0%} of the anchors and puts "
                 f"{anc['max_class_share']:.0%} of them in one class, so Module 3 starts from the wrong images; {fix}."
+            )
+        fid = anc.get("fidelity")
+        if fid is not None and not fid >= FIDELITY_LOST:  # NaN too: nothing shows they kept their samples
+            rec_fid = (rec or {}).get("fidelity")
+            found.append(
+                f"Module 2: anchors are recognised by the teacher ({anc['teacher_top1']:.0%} labelled right) but do not "
+                f"resemble their images: fidelity {fid:.2f} (0.5 = no more like its own image than like others of its "
+                f"class; healthy >= {FIDELITY_LOST})"
+                + (f", reconstructions {rec_fid:.2f}" if rec_fid is not None else "")
+                + ". They are teacher-fooling prototypes, not these samples in the teacher's domain, so Module 3 gives "
+                "them a smaller share (results.json anchor_share; docs/method.md, \"Anchor fidelity\"). If the "
+                "reconstructions fail too, the generator cannot draw this domain: try --method auto, which also "
+                "trains no-anchor and dfkd-finetune and keeps the best on the eval split."
             )
         ref = anc.get("teacher_domain_energy_mean")
         if ref is not None and anc["energy_mean"] > ref:

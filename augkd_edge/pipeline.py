@@ -14,7 +14,8 @@ Stages shared between methods (the teacher, Module 1, Module 2) depend only on
 the config parts they use, so the accuracy benchmark points several methods of
 one seed at one ``shared_dir`` and each stage is trained once.
 
-results.json, schema 2 (2 added ``anchor``, ``reconstruction``)::
+results.json, schema 3 (2 added ``anchor``, ``reconstruction``; 3 added their ``fidelity``, ``anchor_share``
+and ``auto``)::
 
     {"schema": 2, "method", "seed", "settings": DistillConfig, "teacher_arch",
      "student_arch", "teacher_data", "student_data", "split_sizes": {...},
@@ -22,11 +23,14 @@ results.json, schema 2 (2 added ``anchor``, ``reconstruction``)::
      "eval": {"top1","top3","top5"}, "test": {...},
      "teacher": {"own_eval": {...} | null, "student_test": {...}, "student_eval": {...}},
      "anchor": {"teacher_top1", "max_class_share", "energy_mean", "teacher_domain_energy_mean",
-                "same_class_distance", "source_same_class_distance"} | null,
-     "reconstruction": {"teacher_top1"} | null,
+                "same_class_distance", "source_same_class_distance", "fidelity"} | null,
+     "reconstruction": {"teacher_top1", "fidelity"} | null,
      "generator": {"teacher_energy_mean", "student_raw_energy_mean"} | null,
      "teacher_domain_energy_source": "teacher-domain eval split" | "Module 1 generator samples" | null,
      "health_problems": [str],
+     "anchor_share": float | null (Module 3's anchor share w, from the anchors' fidelity),
+     "auto": {"candidates": {method: {"eval": {...}, "test": {...}, "anchor_share", "wall_s"}},
+              "chosen": method, "rule": str} | null (``--method auto`` only; chosen by eval top-1),
      "device", "processes" (torchrun world size), "augkd_edge_version"}
 
 ``anchor``, ``reconstruction`` and ``generator`` are measured on the
@@ -37,13 +41,12 @@ Module 2 / Module 1.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from augkd_edge._version import __version__
 from augkd_edge.config import METHODS
+from augkd_edge.stages import fit_stage, seed_stage
 
 if TYPE_CHECKING:
     import torch
@@ -52,20 +55,7 @@ if TYPE_CHECKING:
     from augkd_edge.config import DistillConfig
     from augkd_edge.data import Domain
 
-RESULTS_SCHEMA = 2
-
-
-def seed_stage(seed: int, name: str) -> None:
-    """Seed the global RNG before a stage builds its networks and trains.
-
-    Without it a stage would start from whatever RNG state the previous stage
-    left, and a resumed run, where a finished stage returns from its
-    checkpoint without drawing a number, would initialise the AnchorNet and
-    draw Module 3's dropout masks differently from an uninterrupted run.
-    """
-    import torch
-
-    torch.manual_seed(int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16))
+RESULTS_SCHEMA = 3
 
 
 @dataclasses.dataclass
@@ -102,6 +92,9 @@ class Run:
     reference_energy: float | None = None  # the teacher's mean energy on its own domain
     reference_source: str | None = None
     health: dict[str, Any] = dataclasses.field(default_factory=dict)
+    anchor_share: float | None = None  # Module 3's anchor share w (method/mixup.anchor_weight); None without anchors
+    module1_states: dict[str, Any] | None = None  # auto: the Module 1 student and encoder, each candidate's start
+    auto: dict[str, Any] | None = None  # auto: the candidates' accuracies and the choice (augkd_edge.auto)
     findings: list[str] = dataclasses.field(default_factory=list)
     wall: dict[str, float] = dataclasses.field(default_factory=dict)
     history: dict[str, list[dict[str, float]]] = dataclasses.field(default_factory=dict)
@@ -236,11 +229,14 @@ def module1_step(run: Run) -> None:
     run.encoder = Encoder(dc.latent_dim, len(run.domain.classes), cfg.input_size, width=dc.gen_width).to(run.device)
     stage = DataFreeStage(run.teacher, run.student, run.generator, run.encoder, dc, **run.common())
     run.echo("Module 1 (data-free generator, encoder, student warm-up)")
-    best = _fit_stage(run, stage, dc.epochs, run.shared / "data_free.ckpt",
+    best = fit_stage(run, stage, dc.epochs, run.shared / "data_free.ckpt",
                       {**run.base_fp, "data_free": dataclasses.asdict(dc)})
     run.generator.load_state_dict(best["generator"])
     run.encoder.load_state_dict(best["encoder"])
     run.student.load_state_dict(best["student"])
+    if METHODS[cfg.method].final == "auto":  # Module 2 adapts the encoder; the other candidates start from these
+        run.module1_states = {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
+                              for name, net in (("student", run.student), ("encoder", run.encoder))}
 
 
 def module2_step(run: Run) -> None:
@@ -264,7 +260,7 @@ def module2_step(run: Run) -> None:
                         run.x["eval"], run.y["eval"], ac, augment=run.augment, margin=run.reference_energy,
                         **run.common())
     run.echo("Module 2 (AnchorNet)")
-    best = _fit_stage(run, stage, ac.epochs, run.shared / "anchor.ckpt",
+    best = fit_stage(run, stage, ac.epochs, run.shared / "anchor.ckpt",
                       {**run.base_fp, "data_free": dataclasses.asdict(cfg.data_free), "anchor": dataclasses.asdict(ac),
                        "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class})
     run.anchor.load_state_dict(best["anchor"])
@@ -274,30 +270,27 @@ def module2_step(run: Run) -> None:
 
 
 def final_step(run: Run) -> None:
-    """The health of Modules 1 and 2, then the method's student-domain stage (Module 3 or a baseline)."""
-    from augkd_edge.evaluate import recompute_bn_stats
-    from augkd_edge.health import module_health, problems
-    from augkd_edge.method.mixup import teacher_trust
-    from augkd_edge.run_checks import RUN_ONLY_KEYS
+    """The health of Modules 1 and 2, then the method's student-domain stage (Module 3 or a baseline), or for
+    ``auto`` each candidate's stage and the choice between them (``augkd_edge.auto``)."""
+    from augkd_edge.health import problems
+    from augkd_edge.method.mixup import anchor_weight
+    from augkd_edge.stages import measure_health, train_final
 
-    cfg, common = run.cfg, run.common()
-    run.health = module_health(run.teacher, run.generator, run.encoder, run.anchor, run.x["eval"], run.y["eval"],
-                               mean=common["mean"], std=common["std"], teacher_domain_energy=run.reference_energy)
+    cfg = run.cfg
+    run.health = measure_health(run)
     run.findings = problems(run.health, run.teacher_student["eval"]["top1"], cfg.anchor.objective)
     for line in run.findings:
         run.echo(f"  warning: {line}")
-    seed_stage(cfg.seed, cfg.method)
-    trust = teacher_trust(cfg.mixup, run.health, run.teacher_student["eval"]["top1"], len(run.domain.classes))
-    final = _final_stage(run, trust)
-    if final is not None:
-        run.echo({"augkd": "Module 3 (uncertainty-guided mixup)"}.get(cfg.method, f"{cfg.method}: student training"))
-        run_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
-        best = _fit_stage(run, final, cfg.mixup.epochs, run.out_dir / "ckpt" / f"{final.name}.ckpt",
-                          {**run.base_fp, "cfg": run_cfg})
-        run.student.load_state_dict(best["student"])
-    elif cfg.mixup.recompute_bn:
-        # dfkd: the Module 1 student as is, with BN statistics measured like every other method's.
-        recompute_bn_stats(run.student, run.x["train"], common["mean"], common["std"])
+    if run.anchor is not None:
+        run.anchor_share = anchor_weight(cfg.mixup, run.health)
+        run.echo(f"  anchor fidelity {run.health['anchor']['fidelity']:.2f} (reconstructions "
+                 f"{run.health['reconstruction']['fidelity']:.2f}; chance 0.50): anchor share {run.anchor_share:.2f}")
+    if METHODS[cfg.method].final == "auto":
+        from augkd_edge.auto import auto_step
+
+        auto_step(run)
+    else:
+        train_final(run, cfg.method, run.health)
 
 
 def results_step(run: Run) -> dict[str, Any]:
@@ -330,6 +323,8 @@ def results_step(run: Run) -> dict[str, Any]:
         "reconstruction": run.health["reconstruction"],
         "teacher_domain_energy_source": run.reference_source,
         "health_problems": run.findings,
+        "anchor_share": run.anchor_share,
+        "auto": run.auto,
         "device": str(run.device),
         "processes": dist.world,
         "augkd_edge_version": __version__,
@@ -356,42 +351,5 @@ def _write_outputs(run: Run, results: dict[str, Any]) -> None:
                      generator=run.generator, encoder=run.encoder, anchor=run.anchor, cfg=cfg)
 
 
-def _fit_stage(run: Run, stage: Any, epochs: int, path: Path, fp: dict[str, Any]) -> dict[str, Any]:
-    """Train ``stage`` through the engine (resuming its checkpoint at ``path``); its best state."""
-    from augkd_edge.device import prefetch_depth
-    from augkd_edge.engine import config_fingerprint, fit
-
-    t0 = time.perf_counter()
-    result = fit(stage, epochs, path, log=run.log, resume=True, progress=run.progress,
-                 fingerprint=config_fingerprint(fp), checkpoint_every=run.checkpoint_every,
-                 prefetch_batches=prefetch_depth(run.device))
-    run.wall[stage.name] = result.wall_s
-    run.history[stage.name] = result.history
-    run.echo(f"  {stage.name}: best epoch {result.best_epoch}/{epochs}, "
-             f"select {result.best_metrics.get('select', float('nan')):.4f} "
-             f"({time.perf_counter() - t0:.0f} s this session)")
-    return result.best_state
-
-
 def silent(_: str) -> None:
     """The echo of ranks other than 0, and of a silent run (augkd_edge.distill(echo=None))."""
-
-
-def _final_stage(run: Run, trust: tuple[float, float] | None) -> Any:
-    """The student-domain stage of the run's method (None for dfkd, which trains nothing more).
-
-    ``trust``: Module 3's teacher reliabilities (``mixup.teacher_trust``); the KD baseline keeps its fixed u.
-    """
-    cfg, x, y = run.cfg, run.x, run.y
-    if METHODS[run.cfg.method].final == "mixup":
-        from augkd_edge.method.mixup import build_mixup_stage
-
-        return build_mixup_stage(cfg.method, run.student, run.teacher, run.generator, run.encoder, x["train"],
-                                 y["train"], x["eval"], y["eval"], cfg.mixup, anchor=run.anchor, augment=run.augment,
-                                 trust=trust, **run.common())
-    if METHODS[run.cfg.method].final is None:
-        return None
-    from augkd_edge.method.baselines import build_baseline_stage
-
-    return build_baseline_stage(cfg.method, run.student, x["train"], y["train"], x["eval"], y["eval"], cfg.mixup,
-                                teacher=run.teacher, augment=run.augment, **run.common())

@@ -134,6 +134,8 @@ def accuracy_table(rows: list[tuple[str, dict[str, float] | None]]) -> list[str]
 
 def health_markdown(results: dict[str, Any]) -> list[str]:
     """The Module 1 / Module 2 health numbers and, in words, what failed and what to try."""
+    from augkd_edge.health import FIDELITY_LOST
+
     gen, rec, anc = results.get("generator"), results.get("reconstruction"), results.get("anchor")
     if rec is None and anc is None:
         return []
@@ -150,6 +152,9 @@ def health_markdown(results: dict[str, Any]) -> list[str]:
                      f"images ({gen['student_raw_energy_mean']:.2f}) |")
     if rec is not None:
         lines.append(f"| teacher top-1 on reconstructions G(E(x, y)) | {rec['teacher_top1']:.2f} | >= the raw images' |")
+        if rec.get("fidelity") is not None:
+            lines.append(f"| fidelity of reconstructions (closest to their own image among their class) | "
+                         f"{rec['fidelity']:.2f} | >= {FIDELITY_LOST} (chance 0.50) |")
     if anc is not None:
         ref = anc["teacher_domain_energy_mean"]
         lines += [
@@ -160,6 +165,12 @@ def health_markdown(results: dict[str, Any]) -> list[str]:
             f"| pixel distance between anchors of one class | {anc['same_class_distance']:.3f} | > 0 (images: "
             f"{anc['source_same_class_distance']:.3f}) |",
         ]
+        if anc.get("fidelity") is not None:
+            lines.append(f"| fidelity of anchors (closest to their own image among their class) | {anc['fidelity']:.2f} "
+                         f"| >= {FIDELITY_LOST} (chance 0.50) |")
+        if results.get("anchor_share") is not None:
+            lines.append(f"| anchor share w in Module 3's mixtures (from the fidelity) | {results['anchor_share']:.2f} "
+                         "| 1 (0 = the no-anchor ablation) |")
     lines.append("")
     problems = results.get("health_problems") or []
     lines += [f"**Warning.** {p}" for p in problems] or ["Both modules pass these checks."]
@@ -204,8 +215,11 @@ def generated_views(
     anchor: Any,
     latent_dim: int,
     factors: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0),
+    anchor_share: float | None = None,
 ) -> dict[str, "torch.Tensor"]:
     """The pictures of Modules 1-3, computed with the trained (frozen) nets.
+
+    ``anchor_share``: Module 3's measured anchor share w, so the mixup row shows what the student trained on.
 
     - ``generator``: G(z) for a fixed noise batch;
     - ``anchors``: per class, a student image, its reconstruction G(E(x, y)) and its anchor G(A(E(x, y), y));
@@ -234,7 +248,8 @@ def generated_views(
             anchor.eval()
             rows.append(generator(mixup_latent(mu, y, anchor, 0.0)))  # f = 0: the anchor z_a
         out["anchors"] = torch.cat(rows).cpu()
-        columns = [mixup_images(x, mu, y, f, generator, anchor) for f in factors]
+        weight = 1.0 if anchor_share is None else anchor_share
+        columns = [mixup_images(x, mu, y, f, generator, anchor, weight) for f in factors]
         # one row per class, one column per f
         out["mixup"] = torch.stack(columns, dim=1).flatten(0, 1).cpu()
     return out
@@ -274,7 +289,8 @@ def write_run_report(
     img.mkdir(parents=True, exist_ok=True)
     factors = (0.2, 0.4, 0.6, 0.8, 1.0)
     views = generated_views(train_x, train_y, generator=generator, encoder=encoder, anchor=anchor,
-                            latent_dim=cfg.data_free.latent_dim, factors=factors)
+                            latent_dim=cfg.data_free.latent_dim, factors=factors,
+                            anchor_share=results.get("anchor_share"))
     lines = _summary_lines(results, cfg)
     if len(train_y):
         student_samples(train_x, train_y, img / "student_samples.png")
@@ -337,14 +353,18 @@ def _module_views(views: dict[str, Any], img: Path, results: dict[str, Any], has
             "![anchors](images/anchors.png)",
             "",
         ]
-    lines += health_markdown(results)
+    from augkd_edge.auto import auto_markdown
+
+    lines += health_markdown(results) + auto_markdown(results)
     if "mixup" in views and METHODS[results["method"]].mixup:
         save_grid(views["mixup"], img / "mixup.png", nrow=len(factors))
         lines += [
             "## Module 3: the curriculum",
             "",
             "One row per class; columns are the stage factor f = " + ", ".join(str(f) for f in factors)
-            + " (f = 1 is the real image): x_m = (1 - f) G((1 - f) z_a + f z) + f x.",
+            + " (f = 1 is the real image): x_m = (1 - f) G((1 - f) (w z_a + (1 - w) z) + f z) + f x"
+            + (f", with the measured anchor share w = {results['anchor_share']:.2f}."
+               if results.get("anchor_share") is not None else "."),
             "",
             "![mixup](images/mixup.png)",
             "",

@@ -45,7 +45,7 @@ def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: P
     res = _distill([*TINY, "--method", method, "--cache-dir", str(cache_dir), "--out", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == 2 and results["method"] == method
+    assert results["schema"] == 3 and results["method"] == method
     for split in ("eval", "test"):
         assert 0.0 <= results[split]["top1"] <= results[split]["top3"] <= results[split]["top5"] <= 1.0
     assert results["split_sizes"] == {"train": 30, "eval": 20, "test": 1797 - 50}
@@ -53,7 +53,7 @@ def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: P
     assert f"[{method}]" in res.output and "top-1" in res.output
     report = (out / "report.md").read_text()
     assert "What the teacher knows about the student domain" in report
-    if method == "augkd":
+    if method in ("augkd", "auto"):
         for name in ("generator", "anchors", "mixup", "curves", "student_samples"):
             assert (out / "images" / f"{name}.png").stat().st_size > 1000
     _check_health_fields(method, results, out, res.output, report)
@@ -65,9 +65,11 @@ def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: P
 
 
 def _check_health_fields(method: str, results: dict, out: Path, output: str, report: str) -> None:
-    """Schema 2's health sections: present where the method has the module, consistent with metrics.jsonl."""
-    data_free = method in ("augkd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup")
-    anchored = method in ("augkd", "no-mixup")
+    """Schema 3's health sections: present where the method has the module, consistent with metrics.jsonl."""
+    data_free = method in ("augkd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup", "auto")
+    anchored = method in ("augkd", "no-mixup", "auto")
+    assert (results["auto"] is not None) == (method == "auto")
+    assert (results["anchor_share"] is not None) == anchored
     assert (results["reconstruction"] is not None) == data_free and (results["generator"] is not None) == data_free
     assert (results["anchor"] is not None) == anchored
     assert isinstance(results["health_problems"], list)
@@ -86,8 +88,32 @@ def _check_health_fields(method: str, results: dict, out: Path, output: str, rep
         assert abs(best["eval_anchor_max_class_share"] - anchor["max_class_share"]) <= 1.0 / n_eval + 1e-9
         assert anchor["energy_mean"] == pytest.approx(best["eval_energy"], abs=0.05)
         assert anchor["teacher_domain_energy_mean"] < 0 and "anchors: teacher top-1" in output
+        assert 0.0 <= anchor["fidelity"] <= 1.0 and 0.0 <= results["reconstruction"]["fidelity"] <= 1.0
+        assert "fidelity of anchors" in report and "anchor share in Module 3" in output
+        _check_anchor_share_reached_module_3(results, lines)
     for problem in results["health_problems"]:
         assert problem in report and problem.split(":")[0] in output
+
+
+def _check_anchor_share_reached_module_3(results: dict, lines: list[dict]) -> None:
+    """The curriculum's start in metrics.jsonl is the one results.json's health and anchor share give."""
+    from augkd_edge.config import DistillConfig
+    from augkd_edge.fidelity import anchor_share
+    from augkd_edge.losses import stage_factor
+    from augkd_edge.method.mixup import reliability
+
+    cfg = DistillConfig.from_dict(results["settings"])
+    m = cfg.mixup
+    w = anchor_share(results["anchor"]["fidelity"], m.fidelity_floor, m.fidelity_full)
+    assert results["anchor_share"] == pytest.approx(w)
+    mixup = [r for r in lines if r["stage"] == "mixup"]
+    if results["method"] == "no-mixup" or not mixup:
+        return
+    k = 10  # the digits classes
+    r_anchor = w * reliability(results["anchor"]["teacher_top1"], k) + (1 - w) * reliability(
+        results["reconstruction"]["teacher_top1"], k)
+    b = 1.0 - (1.0 - m.b) * r_anchor
+    assert mixup[0]["f"] == pytest.approx(stage_factor(0, m.epochs, m.a, b, m.schedule), abs=1e-6)
 
 
 def test_resume_refuses_changed_config_and_existing_run(tmp_path: Path, cache_dir: Path) -> None:

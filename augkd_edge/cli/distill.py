@@ -78,6 +78,10 @@ HELP = {
     "mixup.curriculum": "Uncertainty curriculum: none, or energy (teacher-certain samples first).",
     "mixup.teacher_trust": "measured: the teacher's loss share 1 - u and the curriculum's start follow its "
                            "chance-corrected top-1 on eval images and anchors; fixed: 1 - u throughout (paper).",
+    "mixup.anchor_share": "measured: the anchor's share of the mixtures follows the anchors' fidelity on the eval "
+                          "split (0 = the no-anchor ablation); full: anchors at full share (paper).",
+    "mixup.fidelity_floor": "measured anchor share: fidelity at or below which anchors get no share (chance 0.5).",
+    "mixup.fidelity_full": "measured anchor share: fidelity from which anchors get their full share.",
     "mixup.recompute_bn": "Recompute the student's BatchNorm statistics on the training images before evaluation.",
 }
 
@@ -262,5 +266,16 @@ def _print_table(results: dict[str, Any]) -> None:
         click.echo(f"  anchors: teacher top-1 {anc['teacher_top1']:.2f}, largest class share "
                    f"{anc['max_class_share']:.2f}, mean energy {anc['energy_mean']:.2f}"
                    + (f" (teacher's own domain {ref:.2f})" if ref is not None else ""))
+        if anc.get("fidelity") is not None:
+            click.echo(f"  fidelity (own image closest among its class; chance 0.50): anchors {anc['fidelity']:.2f}, "
+                       f"reconstructions {rec['fidelity']:.2f}; anchor share in Module 3 "
+                       f"{results.get('anchor_share', 1.0):.2f}")
     for line in results.get("health_problems") or []:
         click.echo(f"  warning: {line}")
+    from augkd_edge.auto import candidate_rows
+
+    rows = candidate_rows(results)
+    if rows:
+        click.echo(f"\n--method auto ({results['auto']['rule']}):")
+        for method, ev, te, chosen in rows:
+            click.echo(f"  {method:14s} eval top-1 {ev:.4f}  test top-1 {te:.4f}" + ("  <- shipped" if chosen else ""))

@@ -4,7 +4,7 @@ Per batch (x, y) of labelled student-domain images, at stage factor f = f(e)
 (``losses.stage_factor``: linear from b to 1 by epoch a * E, or 10% steps)::
 
     z = E(x, y)                               (mu; E frozen)
-    z_a = A(z, y)    z_m = (1 - f) z_a + f z  (one fused ``latent_mix``; no-anchor: z_a = z)
+    z_a = A(z, y)    z_m = (1 - f) (w z_a + (1 - w) z) + f z  (one fused ``latent_mix``; no-anchor: z_a = z)
     x_m = (1 - f) G(z_m) + f x                (G frozen)
     batch = [norm(x); norm(x_m)], labels [y; y]   (one fused ``mix_normalize``)
     L = u * CE(S(batch), y) + (1 - u) * tau^2 * KL(softmax(T(batch)/tau) || softmax(S(batch)/tau))
@@ -14,6 +14,13 @@ share 1 - u is scaled by its chance-corrected top-1 on the eval split's raw
 images (for real images) and anchors (blended with f for mixtures), and the
 curriculum starts at b' = 1 - (1 - b) r_anchor (:meth:`MixupStage.ce_share`,
 docs/method.md, "Module 3").
+
+With ``anchor_share="measured"`` (default) the anchor's share w in [0, 1]
+follows the anchors' fidelity on the eval split (:func:`anchor_weight`,
+``augkd_edge.fidelity``): anchors that the teacher labels right but that no
+longer look like their images (teacher-fooling prototypes) get w = 0, and
+AuG-KD's Module 3 is then exactly the no-anchor ablation; r_anchor blends the
+anchors' and the reconstructions' reliabilities with the same w.
 
 The teacher's logits come from the **teacher** on the very tensor the student
 sees (the public code took them from the student and normalised raw and mixed
@@ -78,12 +85,14 @@ class MixupStage(StudentStage):
         name: str = "mixup",
         amp: str = "off",
         trust: tuple[float, float] | None = None,
+        anchor_weight: float = 1.0,
     ):
-        """``trust``: (raw, anchored) teacher reliabilities in [0, 1] (:func:`reliability`); None = fixed u."""
+        """``trust``: (raw, anchored) teacher reliabilities in [0, 1] (:func:`reliability`); None = fixed u.
+        ``anchor_weight``: the anchor's share w of the mixtures' latent (:func:`anchor_weight`)."""
         super().__init__(name, student, train_x, train_y, eval_x, eval_y, mean=mean, std=std, seed=seed,
                          augment=augment, teacher=teacher, u=cfg.u, amp=amp, **recipe(cfg))
         self.generator, self.encoder, self.anchor = generator, encoder, anchor
-        self.cfg, self.mixup, self.trust = cfg, mixup, trust
+        self.cfg, self.mixup, self.trust, self.anchor_weight = cfg, mixup, trust, anchor_weight
         freeze(generator, encoder, anchor)
         channels_last_on_cpu(self.device, generator)
         self.energy_order: torch.Tensor | None = None
@@ -132,7 +141,7 @@ class MixupStage(StudentStage):
         if f >= 1.0:
             return super().student_inputs(x, y, epoch)
         _, z, _ = self.encoder(x, y)  # mu
-        z_m = mixup_latent(z, y, self.anchor, f)
+        z_m = mixup_latent(z, y, self.anchor, f, self.anchor_weight)
         # x_m = (1 - f) G(z_m) + f x (mixup_images), fused with the normalisation;
         # under --amp G's output is half precision; the mixup itself is done in x's float32
         batch = mix_normalize(x, self.generator(z_m).to(x.dtype), f, self.mean, self.std)
@@ -143,28 +152,30 @@ class MixupStage(StudentStage):
         return super().evaluate() | {"f": self.factor(max(self.scheduler.last_epoch - 1, 0))}
 
 
-def mixup_latent(z: torch.Tensor, y: torch.Tensor, anchor: AnchorNet | None, f: float) -> torch.Tensor:
-    """z_m = (1 - f) z_a + f z with the anchor z_a = A(z, y) (one fused ``latent_mix``).
+def mixup_latent(z: torch.Tensor, y: torch.Tensor, anchor: AnchorNet | None, f: float,
+                 weight: float = 1.0) -> torch.Tensor:
+    """z_m = (1 - f) (w z_a + (1 - w) z) + f z with the anchor z_a = A(z, y) and share w = ``weight``.
 
-    Without an AnchorNet (``no-anchor``) z_a = z, so z_m = z.
+    That is (1 - f') z_a + f' z with f' = 1 - (1 - f) w: one fused ``latent_mix``.
+    Without an AnchorNet (``no-anchor``) or with w = 0, z_m = z.
     """
     from augkd_edge.kernels import latent_mix
 
-    if anchor is None:
+    if anchor is None or weight <= 0.0:
         return z
     psi, m = anchor.components(z, y)
-    _, z_m = latent_mix(z, psi, m, f)
+    _, z_m = latent_mix(z, psi, m, 1.0 - (1.0 - f) * min(weight, 1.0))
     return z_m
 
 
 def mixup_images(x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, f: float, generator: nn.Module,
-                 anchor: AnchorNet | None) -> torch.Tensor:
+                 anchor: AnchorNet | None, weight: float = 1.0) -> torch.Tensor:
     """Module 3's training image x_m = (1 - f) G(z_m) + f x, z = E(x, y) (mu), in [0, 1].
 
     The run report draws these (``z`` encoded once for every f); training computes the
     same with the normalisation fused in (:meth:`MixupStage.student_inputs`).
     """
-    return (1 - f) * generator(mixup_latent(z, y, anchor, f)) + f * x
+    return (1 - f) * generator(mixup_latent(z, y, anchor, f, weight)) + f * x
 
 
 def reliability(top1: float, num_classes: int) -> float:
@@ -173,17 +184,34 @@ def reliability(top1: float, num_classes: int) -> float:
     return min(1.0, max(0.0, (top1 - chance) / (1.0 - chance)))
 
 
-def teacher_trust(cfg: MixupConfig, health: dict[str, Any], raw_top1: float, num_classes: int) -> tuple[float, float] | None:
+def anchor_weight(cfg: MixupConfig, health: dict[str, Any]) -> float:
+    """The anchor's share w of Module 3's mixtures: 1 with ``anchor_share="full"`` (the paper), else from the
+    anchors' fidelity on the eval split (``fidelity.anchor_share``); 1 for runs without anchors (it is unused)."""
+    anc = health.get("anchor")
+    if cfg.anchor_share == "full" or anc is None:
+        return 1.0
+    from augkd_edge.fidelity import anchor_share
+
+    return anchor_share(float(anc.get("fidelity", float("nan"))), cfg.fidelity_floor, cfg.fidelity_full)
+
+
+def teacher_trust(cfg: MixupConfig, health: dict[str, Any], raw_top1: float, num_classes: int,
+                  weight: float = 1.0) -> tuple[float, float] | None:
     """Module 3's (raw, anchored) teacher reliabilities from the eval split's ``health.module_health``; None for
     a fixed u.
 
-    Anchored images are the anchors (reconstructions for no-anchor, whose z_a = z).
+    Anchored images are the anchors (reconstructions for no-anchor, whose z_a = z); with an anchor share
+    ``weight`` w < 1 the mixtures lie between the two, and so does their reliability: w r_anchor + (1 - w) r_recon.
     """
     if cfg.teacher_trust == "fixed":
         return None
-    made = health["anchor"] or health["reconstruction"]
-    anchored = made["teacher_top1"] if made is not None else raw_top1
-    return reliability(raw_top1, num_classes), reliability(anchored, num_classes)
+
+    def rel(made: dict[str, Any] | None) -> float:
+        return reliability(made["teacher_top1"] if made is not None else raw_top1, num_classes)
+
+    rec = rel(health["reconstruction"])
+    anchored = rec if health["anchor"] is None else weight * rel(health["anchor"]) + (1.0 - weight) * rec
+    return reliability(raw_top1, num_classes), anchored
 
 
 def build_mixup_stage(method: str, *args: Any, anchor: AnchorNet | None, **kwargs: Any) -> MixupStage:

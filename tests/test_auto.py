@@ -1,0 +1,80 @@
+"""``--method auto``: the choice rule, its candidates equal the standalone methods, and it never reads the test split.
+
+The end-to-end cases run the real pipeline on a tiny configuration (a few
+steps of every stage) and share the teacher-side stages through one
+``shared_dir``, as the accuracy suite does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import augkd_edge
+from augkd_edge import pipeline
+from augkd_edge.auto import choose
+from augkd_edge.config import AUTO_CANDIDATES
+
+TINY = {"teacher_arch": "resnet18", "teacher": {"epochs": 1, "max_images": 300},
+        "data_free": {"epochs": 1, "iters_per_epoch": 2, "batch_size": 8, "val_samples": 16, "k": 2},
+        "anchor": {"epochs": 1}, "mixup": {"epochs": 2}, "shots": 3, "eval_per_class": 2, "device": "cpu"}
+
+
+def test_choose_takes_the_best_eval_and_gives_ties_to_the_simpler_method():
+    assert choose({"augkd": 0.9, "no-anchor": 0.8, "dfkd-finetune": 0.7}) == "augkd"
+    assert choose({"augkd": 0.9, "no-anchor": 0.9, "dfkd-finetune": 0.7}) == "no-anchor"
+    assert choose({"augkd": 0.9, "no-anchor": 0.9, "dfkd-finetune": 0.9}) == "dfkd-finetune"
+    assert AUTO_CANDIDATES[0] == "dfkd-finetune" and AUTO_CANDIDATES[-1] == "augkd"
+    with pytest.raises(ValueError):
+        choose({})
+
+
+def _run(tmp_path: Path, method: str, out: str) -> dict:
+    return augkd_edge.distill(TINY, tmp_path / out, method=method, cache_dir=tmp_path / "cache",
+                              shared_dir=tmp_path / "shared", echo=None)
+
+
+@pytest.mark.slow
+def test_auto_candidates_are_the_standalone_students_and_the_best_eval_ships(tmp_path):
+    auto = _run(tmp_path, "auto", "auto")
+    assert auto["schema"] == 3 and auto["method"] == "auto"
+    cands = auto["auto"]["candidates"]
+    assert list(cands) == list(AUTO_CANDIDATES)
+    for method in AUTO_CANDIDATES:
+        alone = _run(tmp_path, method, method)
+        assert cands[method]["eval"] == alone["eval"], method
+        assert cands[method]["test"] == alone["test"], method
+    chosen = auto["auto"]["chosen"]
+    assert chosen == choose({m: c["eval"]["top1"] for m, c in cands.items()})
+    assert auto["eval"] == cands[chosen]["eval"] and auto["test"] == cands[chosen]["test"]  # the shipped student
+    assert auto["anchor"]["fidelity"] == auto["anchor"]["fidelity"]  # measured (not NaN)
+    assert cands["augkd"]["anchor_share"] == auto["anchor_share"]
+    report = (tmp_path / "auto" / "report.md").read_text()
+    assert "Which student to ship" in report and "fidelity of anchors" in report
+    on_disk = json.loads((tmp_path / "auto" / "results.json").read_text())
+    assert on_disk["auto"]["chosen"] == chosen
+    # every candidate's Module 3 / baseline stage logged its epochs into the one metrics.jsonl
+    stages = {json.loads(line)["stage"] for line in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()}
+    assert {"mixup", "mixup_no_anchor", "dfkd_finetune"} <= stages
+
+
+@pytest.mark.slow
+def test_auto_chooses_the_same_with_the_test_labels_swapped(tmp_path, monkeypatch):
+    normal = _run(tmp_path, "auto", "normal")
+
+    def swap_test_labels(run: pipeline.Run) -> None:
+        k = len(run.domain.classes)
+        run.y["test"] = (run.y["test"] + 1) % k  # every test label wrong: test top-1 changes, eval does not
+
+    steps = list(pipeline.STEPS)
+    steps.insert(steps.index(pipeline.splits_step) + 1, swap_test_labels)
+    monkeypatch.setattr(pipeline, "STEPS", tuple(steps))
+    swapped = _run(tmp_path, "auto", "swapped")
+    assert swapped["auto"]["chosen"] == normal["auto"]["chosen"]
+    for method in AUTO_CANDIDATES:
+        assert swapped["auto"]["candidates"][method]["eval"] == normal["auto"]["candidates"][method]["eval"]
+    assert swapped["test"]["top1"] != normal["test"]["top1"]
+    assert torch.isfinite(torch.tensor(swapped["test"]["top1"]))
