@@ -10,6 +10,14 @@ that differ only in Module 3 options (e.g. a sweep of u). Every method of
 a seed starts from the same student initialisation and uses the same splits.
 Selection is on the eval split only; the test split is reported.
 
+A setting may name ``"student_folder": SOURCE`` (mnist-m, optdigits, optdigits-inverted) instead of a
+``student_data`` spec: the source is written once as PNG class folders at its natural size under
+``<work>/folders/`` (``benchmarks/digit_folders.py``) and read back through the ImageFolder loader, the path a
+user's ``--target FOLDER`` takes. When augkd, no-anchor and dfkd-finetune are all among the methods, an ``auto``
+row is added: per seed, ``augkd_edge.auto.choose`` applied to their eval top-1, which is what ``--method auto``
+ships, since its candidates are those standalone students (``tests/test_auto.py`` checks they are equal),
+without training them a second time.
+
 Writes ``<out>/accuracy.json`` (schema below) and ``<out>/accuracy.md`` with
 the exact command. Interrupted? Run the same command again: finished runs are
 skipped and unfinished ones resume from their checkpoints.
@@ -20,7 +28,8 @@ accuracy.json, schema 1::
      "settings": [{"name": "mnist->optdigits", "config": {...overrides...},
                    "methods": {"augkd": {"top1_mean", "top1_std", "top3_mean", "top3_std", "top5_mean",
                                          "top5_std", "eval_top1_mean", "n_seeds",
-                                         "per_seed": [{"seed", "top1", "top3", "top5", "eval_top1", "wall_s"}]},
+                                         "per_seed": [{"seed", "top1", "top3", "top5", "eval_top1", "wall_s",
+                                                       "chosen" (auto), health fields}]},
                                ...},
                    "teacher": {"top1_on_student_test": mean over seeds, "own_eval_top1": float | null}}]}
 
@@ -40,8 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import augkd_edge
-from augkd_edge.config import METHODS
+from augkd_edge.auto import choose
+from augkd_edge.config import AUTO_CANDIDATES, METHODS
 from augkd_edge.report import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_report import (  # noqa: E402,F401  (sibling scripts, not a package; re-exported for the tests)
+    auto_choices, eval_selected, health_markdown, markdown, mean_over_settings, verdict)
+from digit_folders import write_digit_folder  # noqa: E402
 
 DEFAULT_SETTINGS = {
     "mnist->optdigits": {"teacher_data": "digits:mnist", "student_data": "digits:optdigits", "shots": 10},
@@ -86,56 +101,48 @@ def _shared_key(overrides: dict[str, Any], preset: str) -> str:
 
 
 def health_row(res: dict[str, Any]) -> dict[str, Any]:
-    """Module 1 / Module 2 health of one run (eval split; results.json schema 2), flattened."""
+    """Module 1 / Module 2 health of one run (eval split; results.json schema 2-3), flattened."""
     out: dict[str, Any] = {}
     if res.get("anchor"):
         a = res["anchor"]
         out |= {"anchor_teacher_top1": a["teacher_top1"], "anchor_max_class_share": a["max_class_share"],
                 "anchor_energy_mean": a["energy_mean"], "teacher_domain_energy_mean": a["teacher_domain_energy_mean"],
                 "anchor_same_class_distance": a["same_class_distance"],
-                "source_same_class_distance": a["source_same_class_distance"]}
+                "source_same_class_distance": a["source_same_class_distance"],
+                "anchor_fidelity": a.get("fidelity"), "anchor_share": res.get("anchor_share")}
     if res.get("reconstruction"):
         out["recon_teacher_top1"] = res["reconstruction"]["teacher_top1"]
+        out["recon_fidelity"] = res["reconstruction"].get("fidelity")
         out["teacher_eval_top1"] = res["teacher"]["student_eval"]["top1"]
     return out
 
 
-def verdict(methods: dict[str, Any]) -> list[str]:
-    """The issue's targets for one setting, checked on the means: a line each, PASS or MISS with the gap."""
-    if "augkd" not in methods:
-        return []
-    ours = methods["augkd"]["top1_mean"]
-    lines = []
-    if "no-anchor" in methods:
-        gap = ours - methods["no-anchor"]["top1_mean"]
-        lines.append(f"- AuG-KD - no-anchor: {gap * 100:+.2f} points (target >= +2): {'PASS' if gap >= 0.02 else 'MISS'}")
-    others = {m: v["top1_mean"] for m, v in methods.items() if m != "augkd"}
-    if others:
-        best, best_top1 = max(others.items(), key=lambda kv: kv[1])
-        lines.append(f"- AuG-KD - best other method ({best}): {(ours - best_top1) * 100:+.2f} points (target > 0): "
-                     f"{'PASS' if ours > best_top1 else 'MISS'}")
-    if "no-kd" in methods:
-        gap = ours - methods["no-kd"]["top1_mean"]
-        lines.append(f"- AuG-KD - no-kd: {gap * 100:+.2f} points (target >= 0): {'PASS' if gap >= 0 else 'MISS'}")
-    return lines
+def run_row(res: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One method's per-seed row from its results.json (a real ``--method auto`` run's says what it chose)."""
+    row = {"seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
+           "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()), **health_row(res)}
+    return row | ({"chosen": res["auto"]["chosen"], "ran_auto": True} if res.get("auto") else {})
 
 
-def health_markdown(methods: dict[str, Any]) -> list[str]:
-    rows = methods.get("augkd", {}).get("per_seed", [])
-    rows = [r for r in rows if "anchor_teacher_top1" in r]
-    if not rows:
-        return []
-    lines = ["AuG-KD's Module 1 / Module 2 health per seed (eval split; healthy: anchor top-1 >= 0.90, largest "
-             "class share <= 0.30, anchor energy <= the teacher's own domain, reconstructions >= raw images):", "",
-             "| seed | anchor top-1 | largest class share | anchor energy | teacher-domain energy | anchor / image "
-             "same-class distance | reconstruction top-1 | raw top-1 |", "|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['seed']} | {r['anchor_teacher_top1']:.2f} | {r['anchor_max_class_share']:.2f} | "
-            f"{r['anchor_energy_mean']:.2f} | {r['teacher_domain_energy_mean']:.2f} | "
-            f"{r['anchor_same_class_distance']:.3f} / {r['source_same_class_distance']:.3f} | "
-            f"{r.get('recon_teacher_top1', float('nan')):.2f} | {r.get('teacher_eval_top1', float('nan')):.2f} |")
-    return lines + [""]
+def auto_rows(per_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per seed, the candidate ``--method auto`` ships (chosen on eval top-1 alone), as its own row."""
+    rows = []
+    for i, seed_row in enumerate(per_method[AUTO_CANDIDATES[0]]):
+        by_method = {m: per_method[m][i] for m in AUTO_CANDIDATES}
+        chosen = choose({m: r["eval_top1"] for m, r in by_method.items()})
+        shared = by_method[chosen]
+        rows.append({k: shared[k] for k in ("seed", "top1", "top3", "top5", "eval_top1")}
+                    | {"wall_s": sum(r["wall_s"] for r in by_method.values()), "chosen": chosen})
+    return rows
+
+
+def folder_overrides(overrides: dict[str, Any], work: Path) -> dict[str, Any]:
+    """A setting's overrides with ``student_folder`` replaced by the written folder's path as ``student_data``."""
+    if "student_folder" not in overrides:
+        return overrides
+    source = overrides["student_folder"]
+    root = write_digit_folder(source, work / "folders" / source)
+    return {k: v for k, v in overrides.items() if k != "student_folder"} | {"student_data": str(root.resolve())}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -155,83 +162,37 @@ def summarise(per_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return methods
 
 
-def eval_selected(settings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method, the setting with the best mean *eval* top-1, and its test figures.
-
-    This is how a hyperparameter sweep (settings differing in, say, u) is
-    reported without tuning on the test split.
-    """
-    best: dict[str, dict[str, Any]] = {}
-    for setting in settings:
-        for method, m in setting["methods"].items():
-            if method not in best or m["eval_top1_mean"] > best[method]["eval_top1_mean"]:
-                best[method] = {"setting": setting["name"], **{k: m[k] for k in (
-                    "eval_top1_mean", "top1_mean", "top1_std", "top3_mean", "top5_mean", "n_seeds")}}
-    return best
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "# Accuracy benchmark",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        *([result["note"], ""] if result.get("note") else []),
-        f"Preset `{result['preset']}`, total wall time {result['wall_s'] / 60:.1f} min on {result['machine']}. "
-        "Top-k on the student-domain test split, mean +- sample std over seeds; checkpoints selected on the "
-        "eval split only.",
-        "",
-    ]
-    for setting in result["settings"]:
-        t = setting["teacher"]
-        lines += [
-            f"## {setting['name']}",
-            "",
-            f"Overrides: `{json.dumps(setting['config'])}`",
-            "",
-            "| method | top-1 | top-3 | top-5 | eval top-1 | seeds | mean wall (s) |",
-            "|---|---|---|---|---|---:|---:|",
-        ]
-        ranked = sorted(setting["methods"].items(), key=lambda kv: -kv[1]["top1_mean"])
-        for method, m in ranked:
-            wall = sum(r["wall_s"] for r in m["per_seed"]) / max(len(m["per_seed"]), 1)
-            lines.append(
-                f"| {method} | {m['top1_mean']:.4f} +- {m['top1_std']:.4f} | {m['top3_mean']:.4f} +- "
-                f"{m['top3_std']:.4f} | {m['top5_mean']:.4f} +- {m['top5_std']:.4f} | {m['eval_top1_mean']:.4f} | "
-                f"{m['n_seeds']} | {wall:.0f} |"
-            )
-        own = t["own_eval_top1"]
-        lines += [
-            f"| *teacher* | {t['top1_on_student_test']:.4f} | | | | | |",
-            "",
-            f"Teacher top-1 on its own domain (eval split): {own:.4f}." if own is not None else "",
-            "",
-            *verdict(setting["methods"]),
-            "",
-            *health_markdown(setting["methods"]),
-        ]
-    if len(result["settings"]) > 1:
-        lines += [
-            "## Selected on the eval split",
-            "",
-            "Per method, the setting with the best mean eval top-1; its test top-1 is reported.",
-            "",
-            "| method | chosen setting | eval top-1 | test top-1 | seeds |",
-            "|---|---|---:|---|---:|",
-        ]
-        chosen = eval_selected(result["settings"])
-        for method, m in sorted(chosen.items(), key=lambda kv: -kv[1]["top1_mean"]):
-            lines.append(f"| {method} | {m['setting']} | {m['eval_top1_mean']:.4f} | "
-                         f"{m['top1_mean']:.4f} +- {m['top1_std']:.4f} | {m['n_seeds']} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
+def merge_settings(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The settings of several accuracy.json files, in order of first appearance; a setting in several files
+    takes each method's rows from the last file that ran it (e.g. AuG-KD rerun alone after a change to it), and
+    its auto row is derived again from the candidates' rows."""
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for setting in part["settings"]:
+            if setting["name"] not in merged:
+                merged[setting["name"]] = {**setting, "methods": dict(setting["methods"])}
+                continue
+            old = merged[setting["name"]]
+            old["methods"] = {**old["methods"], **setting["methods"]}
+            old["teacher"] = setting["teacher"]
+    for setting in merged.values():
+        methods = setting["methods"]
+        ran_auto = any(r.get("ran_auto") for r in methods.get("auto", {}).get("per_seed", []))
+        if set(AUTO_CANDIDATES) <= set(methods) and not ran_auto:
+            seeds = [[r["seed"] for r in methods[m]["per_seed"]] for m in AUTO_CANDIDATES]
+            if all(s == seeds[0] for s in seeds):
+                methods |= summarise({"auto": auto_rows({m: methods[m]["per_seed"] for m in AUTO_CANDIDATES})})
+    return list(merged.values())
 
 
-def merge(paths: list[str], out_dir: Path) -> int:
-    """One accuracy.json/.md from several (settings in file order; commands joined)."""
+def merge(paths: list[str], out_dir: Path, note: str = "") -> int:
+    """One accuracy.json/.md from several (settings in file order, methods from the last file that has them;
+    commands joined)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     result = {**parts[0], "command": " && ".join(p["command"] for p in parts),
-              "wall_s": sum(p["wall_s"] for p in parts), "settings": [s for p in parts for s in p["settings"]]}
+              "wall_s": sum(p["wall_s"] for p in parts), "settings": merge_settings(parts)}
+    if note:
+        result["note"] = note
     result["eval_selected"] = eval_selected(result["settings"])
     write_json(result, out_dir / "accuracy.json")
     (out_dir / "accuracy.md").write_text(markdown(result))
@@ -241,7 +202,9 @@ def merge(paths: list[str], out_dir: Path) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "auto"),
+                        help="comma-separated methods (auto's row is derived from its candidates when they run; "
+                             "name auto to run --method auto itself)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--settings", default="mnist->optdigits",
                         help=f"comma-separated names from {sorted(DEFAULT_SETTINGS)} or a JSON file "
@@ -266,9 +229,10 @@ def run_setting(name: str, overrides: dict[str, Any], methods: list[str], seeds:
     """Every method x seed of one setting (finished runs are read back, unfinished ones resume)."""
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     teacher_test, teacher_own = [], None
+    config = folder_overrides(overrides, Path(args.work))
     for seed in seeds:
         base = Path(args.work) / name.replace(">", "").replace(" ", "_") / f"seed{seed}"
-        shared = Path(args.work) / "shared" / f"{_shared_key(overrides, args.preset)}-seed{seed}"
+        shared = Path(args.work) / "shared" / f"{_shared_key(config, args.preset)}-seed{seed}"
         for method in methods:
             out = base / method
             if (out / "results.json").exists():
@@ -277,16 +241,14 @@ def run_setting(name: str, overrides: dict[str, Any], methods: list[str], seeds:
                 print(f"[{name}] seed {seed} {method}", flush=True)
                 # resume an interrupted run; a folder without one starts fresh (resume of nothing is refused)
                 res = augkd_edge.distill(
-                    _merge(overrides, {"preset": args.preset, "method": method, "seed": seed, "device": args.device}),
+                    _merge(config, {"preset": args.preset, "method": method, "seed": seed, "device": args.device}),
                     out, resume=(out / "config.json").exists(), cache_dir=args.cache_dir, shared_dir=shared,
                     progress=sys.stderr.isatty())
-            per_method[method].append({
-                "seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
-                "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
-                **health_row(res),
-            })
+            per_method[method].append(run_row(res, seed))
             teacher_own = (res["teacher"]["own_eval"] or {}).get("top1", teacher_own)
         teacher_test.append(res["teacher"]["student_test"]["top1"])
+    if set(AUTO_CANDIDATES) <= set(methods) and "auto" not in methods:
+        per_method["auto"] = auto_rows(per_method)
     return {
         "name": name,
         "config": overrides,
@@ -299,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, Path(args.out))
+        return merge(args.merge, Path(args.out), args.note)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

