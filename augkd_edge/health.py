@@ -188,6 +188,7 @@ def problems(health: dict[str, Any], teacher_raw_top1: float, objective: str = "
         if ref is not None and anc["energy_mean"] > ref:
             found.append(
                 f"Module 2: the teacher is less certain on the anchors (mean energy {anc['energy_mean']:.2f}) than on "
-                f"its own domain ({ref:.2f}). Try more --anchor-epochs or a lower --anchor-lambda-z."
+                f"its own domain ({ref:.2f}). Try more --anchor-epochs; a lower --anchor-lambda-z buys certainty "
+                "at the cost of the anchors' fidelity to their images (docs/method.md, \"Anchor fidelity\")."
             )
     return found

@@ -59,6 +59,9 @@ def test_diff_names_the_changed_keys():
         ({"device": "gpu"}, "device"),
         ({"input_size": 30}, "input_size"),
         ({"anchor": 3}, "anchor"),
+        ({"mixup": {"anchor_share": "half"}}, "mixup.anchor_share"),
+        ({"mixup": {"fidelity_floor": 0.8, "fidelity_full": 0.7}}, "mixup.fidelity_floor"),
+        ({"mixup": {"fidelity_full": 1.5}}, "mixup.fidelity_floor"),
     ],
 )
 def test_bad_values_raise_user_errors_naming_the_key(data, needle):
