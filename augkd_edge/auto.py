@@ -39,6 +39,7 @@ def auto_step(run: "Run") -> None:
     The candidates without an AnchorNet read the Module 1 encoder, as their
     standalone runs do (Module 2 adapts the encoder for augkd only).
     """
+    from augkd_edge.engine import detached
     from augkd_edge.evaluate import evaluate_classifier
     from augkd_edge.stages import measure_health, train_final
 
@@ -46,7 +47,7 @@ def auto_step(run: "Run") -> None:
     start = run.module1_states
     if start is None:
         raise RuntimeError("auto needs the Module 1 states (pipeline.module1_step keeps them)")
-    adapted_encoder = {k: v.detach().clone() for k, v in run.encoder.state_dict().items()}
+    adapted_encoder = detached(run.encoder.state_dict())
     anchor, candidates, students = run.anchor, {}, {}
     for method in AUTO_CANDIDATES:
         spec = METHODS[method]
@@ -61,7 +62,7 @@ def auto_step(run: "Run") -> None:
         candidates[method] = {"eval": acc["eval"], "test": acc["test"],
                               "anchor_share": run.anchor_share if spec.anchor else None,
                               "wall_s": round(run.wall.get(spec.stage_name or "", 0.0), 2)}
-        students[method] = {k: v.detach().clone() for k, v in run.student.state_dict().items()}
+        students[method] = detached(run.student.state_dict())
     run.encoder.load_state_dict(adapted_encoder)
     run.anchor = anchor
     chosen = choose({m: c["eval"]["top1"] for m, c in candidates.items()})

@@ -169,8 +169,8 @@ class MixupConfig:
     # the eval split's raw images and anchors; "fixed": 1 - u throughout (the paper). docs/method.md, "Module 3".
     teacher_trust: str = "measured"
     # "measured": the anchor's share w of the mixtures' latent, z_m = (1 - f) (w z_a + (1 - w) z) + f z, follows the
-    # anchors' fidelity on the eval split (augkd_edge.fidelity): 0 at fidelity_floor or below (AuG-KD becomes the
-    # no-anchor ablation), 1 from fidelity_full on; "full": w = 1 (the paper). docs/method.md, "Anchor fidelity".
+    # anchors' fidelity on the eval split (augkd_edge.fidelity): 0 at fidelity_floor or below (AuG-KD mixes as the
+    # no-anchor ablation does), 1 from fidelity_full on; "full": w = 1 (the paper). docs/method.md, "Anchor fidelity".
     anchor_share: str = "measured"
     fidelity_floor: float = 0.6
     fidelity_full: float = 0.8

@@ -311,7 +311,7 @@ class _FitState:
         self.history.append(metrics)
         if metrics["select"] < self.best_select:
             self.best_select = metrics["select"]
-            self.best_state, self.best_metrics = _detached(stage.best_state()), dict(metrics)
+            self.best_state, self.best_metrics = detached(stage.best_state()), dict(metrics)
             self.best_epoch = int(metrics["epoch"])
 
     def record(self, stage: Stage, epochs: int, done: bool, fingerprint: str | None, world: int) -> dict[str, Any]:
@@ -348,7 +348,7 @@ def _check_world(ckpt: dict[str, Any], path: Path, world: int) -> None:
         )
 
 
-def _detached(state: dict[str, Any]) -> dict[str, Any]:
+def detached(state: dict[str, Any]) -> dict[str, Any]:
     """Deep copy of tensors so later training steps cannot change the kept best weights."""
     import torch
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import torch
 
-CHANCE = 0.5
-
 
 def _standardise(images: torch.Tensor) -> torch.Tensor:
     flat = images.flatten(1).double()

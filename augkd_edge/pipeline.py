@@ -220,6 +220,7 @@ def module1_step(run: Run) -> None:
     """Module 1 (``method/data_free.py``): generator, encoder and the student's warm-up, for methods that use it."""
     if not METHODS[run.cfg.method].data_free:
         return
+    from augkd_edge.engine import detached
     from augkd_edge.method.data_free import DataFreeStage
     from augkd_edge.models.generative import Encoder, Generator
 
@@ -235,8 +236,8 @@ def module1_step(run: Run) -> None:
     run.encoder.load_state_dict(best["encoder"])
     run.student.load_state_dict(best["student"])
     if METHODS[cfg.method].final == "auto":  # Module 2 adapts the encoder; the other candidates start from these
-        run.module1_states = {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
-                              for name, net in (("student", run.student), ("encoder", run.encoder))}
+        run.module1_states = {"student": detached(run.student.state_dict()),
+                              "encoder": detached(run.encoder.state_dict())}
 
 
 def module2_step(run: Run) -> None:

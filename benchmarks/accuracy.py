@@ -128,7 +128,7 @@ def run_row(res: dict[str, Any], seed: int) -> dict[str, Any]:
 def auto_rows(per_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per seed, the candidate ``--method auto`` ships (chosen on eval top-1 alone), as its own row."""
     rows = []
-    for i, seed_row in enumerate(per_method[AUTO_CANDIDATES[0]]):
+    for i in range(len(per_method[AUTO_CANDIDATES[0]])):
         by_method = {m: per_method[m][i] for m in AUTO_CANDIDATES}
         chosen = choose({m: r["eval_top1"] for m, r in by_method.items()})
         shared = by_method[chosen]
@@ -138,6 +138,18 @@ def auto_rows(per_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
         rows.append({k: shared[k] for k in ("seed", "top1", "top3", "top5", "eval_top1")}
                     | {"wall_s": wall, "chosen": chosen})
     return rows
+
+
+def with_auto(methods: dict[str, Any]) -> dict[str, Any]:
+    """Summarised methods plus the derived auto row, where every candidate ran the same seeds and no real
+    ``--method auto`` run is there to report instead."""
+    ran_auto = any(r.get("ran_auto") for r in methods.get("auto", {}).get("per_seed", []))
+    if ran_auto or not set(AUTO_CANDIDATES) <= set(methods):
+        return methods
+    seeds = [[r["seed"] for r in methods[m]["per_seed"]] for m in AUTO_CANDIDATES]
+    if any(s != seeds[0] for s in seeds):
+        return methods
+    return methods | summarise({"auto": auto_rows({m: methods[m]["per_seed"] for m in AUTO_CANDIDATES})})
 
 
 def folder_overrides(overrides: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -180,12 +192,7 @@ def merge_settings(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
             old["methods"] = {**old["methods"], **setting["methods"]}
             old["teacher"] = setting["teacher"]
     for setting in merged.values():
-        methods = setting["methods"]
-        ran_auto = any(r.get("ran_auto") for r in methods.get("auto", {}).get("per_seed", []))
-        if set(AUTO_CANDIDATES) <= set(methods) and not ran_auto:
-            seeds = [[r["seed"] for r in methods[m]["per_seed"]] for m in AUTO_CANDIDATES]
-            if all(s == seeds[0] for s in seeds):
-                methods |= summarise({"auto": auto_rows({m: methods[m]["per_seed"] for m in AUTO_CANDIDATES})})
+        setting["methods"] = with_auto(setting["methods"])
     return list(merged.values())
 
 
@@ -251,12 +258,10 @@ def run_setting(name: str, overrides: dict[str, Any], methods: list[str], seeds:
             per_method[method].append(run_row(res, seed))
             teacher_own = (res["teacher"]["own_eval"] or {}).get("top1", teacher_own)
         teacher_test.append(res["teacher"]["student_test"]["top1"])
-    if set(AUTO_CANDIDATES) <= set(methods) and "auto" not in methods:
-        per_method["auto"] = auto_rows(per_method)
     return {
         "name": name,
         "config": overrides,
-        "methods": summarise(per_method),
+        "methods": with_auto(summarise(per_method)),
         "teacher": {"top1_on_student_test": sum(teacher_test) / len(teacher_test), "own_eval_top1": teacher_own},
     }
 

