@@ -23,10 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
+from augkd_edge.config_io import apply as _apply
+from augkd_edge.config_io import diff as _diff
 from augkd_edge.errors import UserError
 from augkd_edge.methods import AUTO_CANDIDATES, METHODS, Method  # noqa: F401  (the method table, read from here)
 
@@ -38,6 +39,7 @@ ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
 ANCHOR_CERTAINTY = ("label", "all")  # the bounded objective's energy: the label's, or over all classes
 TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
 ANCHOR_SHARE = ("measured", "full")  # method/mixup.py: the anchor's share of Module 3's mixtures
+KD_GATES = ("none", "agree")  # method/unlabelled.py: which pool images keep the teacher's KD term
 
 
 @dataclasses.dataclass
@@ -179,6 +181,29 @@ class MixupConfig:
 
 
 @dataclasses.dataclass
+class PoolConfig:
+    """Unlabelled student-domain images (``DistillConfig.unlabelled``): how Module 3 and the baselines use them.
+
+    Per labelled batch of B images the stage draws ``ratio * B`` pool images and adds, with their own weights,
+    the teacher's soft labels on them (KD, weighted per image by the teacher's certainty and measured trust) and
+    a FixMatch consistency term (the student's confident pseudo-label on a weak view as the target of a strong
+    view). method/unlabelled.py; the numbers behind each default: docs/method.md, "Unlabelled images".
+    """
+
+    # Pool images used, a seeded subset; None = all (after deduplication).
+    max_images: int | None = None
+    ratio: int = 4
+    kd_weight: float = 1.0
+    # "agree": KD only on pool images where the teacher's and the student's top-1 agree; "none": every image.
+    kd_gate: str = "none"
+    consistency_weight: float = 1.0
+    # FixMatch's confidence threshold on the student's weak-view softmax.
+    threshold: float = 0.95
+    # Benchmark only: train on the pool's true labels too (a same-domain pool), the fully supervised ceiling.
+    use_labels: bool = False
+
+
+@dataclasses.dataclass
 class DistillConfig:
     """One ``augkd-edge distill`` run."""
 
@@ -205,10 +230,14 @@ class DistillConfig:
     amp: str = "off"
     preset: str = "quick"
     out: str | None = None
+    # Unlabelled student-domain images: a folder (nested folders allowed, labels ignored), or the --target spec
+    # itself for its held-out pool (augkd_edge.data.unlabelled); None = labelled images only.
+    unlabelled: str | None = None
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     data_free: DataFreeConfig = dataclasses.field(default_factory=DataFreeConfig)
     anchor: AnchorConfig = dataclasses.field(default_factory=AnchorConfig)
     mixup: MixupConfig = dataclasses.field(default_factory=MixupConfig)
+    pool: PoolConfig = dataclasses.field(default_factory=PoolConfig)
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -276,6 +305,10 @@ class DistillConfig:
              "use auto, cpu, cuda or cuda:N")
         for key in ("teacher_data", "student_data", "teacher_arch", "student_arch"):
             need(bool(getattr(self, key)), key, getattr(self, key), "give a non-empty value")
+        need(self.unlabelled is None or bool(self.unlabelled.strip()), "unlabelled", self.unlabelled,
+             "give a folder of images, the --target spec for its held-out pool, or null")
+        need(not METHODS[self.method].needs_pool or self.unlabelled is not None, "method", self.method,
+             "it trains on unlabelled images; give them with --unlabelled")
         for key in ("student_weights", "teacher_weights"):
             need(getattr(self, key) is None or bool(getattr(self, key).strip()), key, getattr(self, key),
                  "give a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state_dict file, or null")
@@ -320,12 +353,20 @@ def _validate_sections(cfg: "DistillConfig", need: Any) -> None:
          f"use one of {', '.join(ANCHOR_SHARE)}")
     need(0 <= cfg.mixup.fidelity_floor < cfg.mixup.fidelity_full <= 1, "mixup.fidelity_floor",
          (cfg.mixup.fidelity_floor, cfg.mixup.fidelity_full), "need 0 <= fidelity_floor < fidelity_full <= 1")
+    need(cfg.pool.max_images is None or cfg.pool.max_images >= 0, "pool.max_images", cfg.pool.max_images,
+         "use null (all) or a count >= 0 (0 holds the pool out of the test split without using it)")
+    need(cfg.pool.ratio >= 1, "pool.ratio", cfg.pool.ratio, "use at least 1 pool image per labelled image")
+    need(0 < cfg.pool.threshold <= 1, "pool.threshold", cfg.pool.threshold, "use a value in (0, 1]")
+    need(cfg.pool.kd_gate in KD_GATES, "pool.kd_gate", cfg.pool.kd_gate, f"use one of {', '.join(KD_GATES)}")
+    need(not cfg.pool.use_labels or cfg.unlabelled == cfg.student_data, "pool.use_labels", cfg.pool.use_labels,
+         "the pool's labels exist only for the --target's own held-out pool (--unlabelled equal to --target)")
     need(cfg.mixup.teacher_trust in TEACHER_TRUST, "mixup.teacher_trust", cfg.mixup.teacher_trust,
          f"use one of {', '.join(TEACHER_TRUST)}")
     for section, keys in (("data_free", ("alpha_g", "adv_weight", "ce_weight", "bn_weight",
                                          "encoder_kl_weight", "encoder_recon_weight",
                                          "encoder_teacher_weight")),
-                          ("anchor", ("lambda_ce", "lambda_z", "encoder_lr", "encoder_recon_weight")), ("mixup", ("weight_decay",))):
+                          ("anchor", ("lambda_ce", "lambda_z", "encoder_lr", "encoder_recon_weight")), ("mixup", ("weight_decay",)),
+                          ("pool", ("kd_weight", "consistency_weight"))):
         for key in keys:
             value = getattr(getattr(cfg, section), key)
             need(value >= 0, f"{section}.{key}", value, "use a value >= 0")
@@ -335,49 +376,3 @@ def _positive(section: Any, name: str, keys: tuple[str, ...], need: Any) -> None
     for key in keys:
         value = getattr(section, key)
         need(value > 0, f"{name}.{key}", value, "use a value > 0")
-
-
-def _apply(obj: Any, data: dict[str, Any], source: str, prefix: str) -> None:
-    """Set ``data``'s values on dataclass ``obj``, checking keys and types."""
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            raise UserError(f"{source}: unknown option {dotted!r}; known here: {', '.join(sorted(fields))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise UserError(f"{source}: {dotted} must be an object of options, got {value!r}")
-            _apply(current, value, source, prefix=f"{dotted}.")
-            continue
-        setattr(obj, key, _coerce(hints[key], value, dotted, source))
-
-
-def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
-    """Check ``value`` against a field's type; ints are accepted where floats are expected."""
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for typ in allowed:
-        if typ is bool and isinstance(value, bool):
-            return value
-        if typ is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if typ is str and isinstance(value, str):
-            return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-    raise UserError(f"{source}: {key} = {value!r} has the wrong type; expected {names}")
-
-
-def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str) -> list[str]:
-    out: list[str] = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out.extend(_diff(va, vb, f"{prefix}{key}."))
-        elif va != vb:
-            out.append(f"{prefix}{key}")
-    return out

@@ -14,10 +14,10 @@ Stages shared between methods (the teacher, Module 1, Module 2) depend only on
 the config parts they use, so the accuracy benchmark points several methods of
 one seed at one ``shared_dir`` and each stage is trained once.
 
-results.json, schema 3 (2 added ``anchor``, ``reconstruction``; 3 added their ``fidelity``, ``anchor_share``
-and ``auto``)::
+results.json, schema 4 (2 added ``anchor``, ``reconstruction``; 3 added their ``fidelity``, ``anchor_share``
+and ``auto``; 4 added ``unlabelled``)::
 
-    {"schema": 2, "method", "seed", "settings": DistillConfig, "teacher_arch",
+    {"schema": 4, "method", "seed", "settings": DistillConfig, "teacher_arch",
      "student_arch", "teacher_data", "student_data", "split_sizes": {...},
      "stage_wall_s": {"teacher", "data_free", "anchor", "<final stage>"},
      "eval": {"top1","top3","top5"}, "test": {...},
@@ -31,6 +31,9 @@ and ``auto``)::
      "anchor_share": float | null (Module 3's anchor share w, from the anchors' fidelity),
      "auto": {"candidates": {method: {"eval": {...}, "test": {...}, "anchor_share", "wall_s"}},
               "chosen": method, "rule": str} | null (``--method auto`` only; chosen by eval top-1),
+     "unlabelled": {"spec", "kind": "folder" | "held-out", "images", "sha256", "dropped": {reason: count},
+                    "leaked_examples": [file], "terms": "kd+consistency" | "consistency" | "kd" | "labels" | "none",
+                    "kd_trust", "kd_weight_mean"} | null (``--unlabelled`` only; data.unlabelled, method.unlabelled),
      "device", "processes" (torchrun world size), "augkd_edge_version"}
 
 ``anchor``, ``reconstruction`` and ``generator`` are measured on the
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
     from augkd_edge.config import DistillConfig
     from augkd_edge.data import Domain
 
-RESULTS_SCHEMA = 3
+RESULTS_SCHEMA = 4
 
 
 @dataclasses.dataclass
@@ -95,6 +98,8 @@ class Run:
     anchor_share: float | None = None  # Module 3's anchor share w (method/mixup.anchor_weight); None without anchors
     module1_states: dict[str, Any] | None = None  # auto: the Module 1 student and encoder, each candidate's start
     auto: dict[str, Any] | None = None  # auto: the candidates' accuracies and the choice (augkd_edge.auto)
+    pool: Any = None  # data.unlabelled.Pool of --unlabelled, or None
+    pool_stats: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # method -> KD weights
     findings: list[str] = dataclasses.field(default_factory=list)
     wall: dict[str, float] = dataclasses.field(default_factory=dict)
     history: dict[str, list[dict[str, float]]] = dataclasses.field(default_factory=dict)
@@ -153,16 +158,37 @@ def splits_step(run: Run) -> None:
     run.given_teacher = check_inputs(cfg, run.domain, run.cache_dir)
     check_same_data(run.out_dir, run.domain)
     run.splits = student_split(run.domain.labels, cfg.shots, cfg.seed, cfg.eval_per_class, classes=run.domain.classes)
+    data = {"student": file_fingerprint(run.domain)}
+    if cfg.unlabelled is not None:
+        data["unlabelled"] = pool_step(run)
     prepare_run_dir(cfg, run.out_dir, run.resume)
     run.log = MetricsLog(run.out_dir / "metrics.jsonl")
     if current().is_main:
-        save_splits(run.out_dir / "splits.json", {"student": run.splits}, data={"student": file_fingerprint(run.domain)})
-    idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in run.splits.items()}
+        save_splits(run.out_dir / "splits.json", {"student": run.splits}, data=data)
+    idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in run.splits.items() if k != "pool"}
     run.x = {k: run.domain.images[i] for k, i in idx.items()}
     run.y = {k: run.domain.labels[i] for k, i in idx.items()}
+    if cfg.pool.use_labels:  # the benchmark's supervised ceiling: the held-out pool with its labels
+        run.x["train"] = torch.cat([run.x["train"], run.pool.images])
+        run.y["train"] = torch.cat([run.y["train"], run.pool.labels])
     run.augment = make_augment(run.domain.kind)
     run.echo(f"student domain {cfg.student_data}: {len(run.domain.classes)} classes, "
              + ", ".join(f"{k} {len(v)}" for k, v in run.splits.items()) + f"; device {run.device}")
+
+
+def pool_step(run: Run) -> dict[str, Any]:
+    """The --unlabelled pool (``data.unlabelled``): held out of the test split or read from a folder, deduplicated
+    against the splits, checked against a resumed run's; returns its fingerprint for splits.json."""
+    from augkd_edge.data.unlabelled import check_same_pool, describe, hold_out, is_held_out, load_pool
+    from augkd_edge.run_checks import recorded_data
+
+    if is_held_out(run.cfg):
+        run.splits = hold_out(run.splits, run.domain.labels, run.cfg.seed)
+    run.pool = load_pool(run.cfg, run.domain, run.splits)
+    check_same_pool(recorded_data(run.out_dir, "unlabelled"), run.pool)
+    for line in describe(run.pool):
+        run.echo(line)
+    return run.pool.fingerprint()
 
 
 def teacher_step(run: Run) -> None:
@@ -263,7 +289,8 @@ def module2_step(run: Run) -> None:
     run.echo("Module 2 (AnchorNet)")
     best = fit_stage(run, stage, ac.epochs, run.shared / "anchor.ckpt",
                       {**run.base_fp, "data_free": dataclasses.asdict(cfg.data_free), "anchor": dataclasses.asdict(ac),
-                       "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class})
+                       "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class}
+                      | ({"pool_labels": run.pool.fingerprint()["sha256"]} if cfg.pool.use_labels else {}))
     run.anchor.load_state_dict(best["anchor"])
     if "encoder" in best:
         run.encoder.load_state_dict(best["encoder"])
@@ -326,6 +353,7 @@ def results_step(run: Run) -> dict[str, Any]:
         "health_problems": run.findings,
         "anchor_share": run.anchor_share,
         "auto": run.auto,
+        "unlabelled": _pool_results(run),
         "device": str(run.device),
         "processes": dist.world,
         "augkd_edge_version": __version__,
@@ -337,6 +365,15 @@ def results_step(run: Run) -> dict[str, Any]:
 
 # The steps of a run, in order; ``results_step`` ends it.
 STEPS = (splits_step, teacher_step, student_step, module1_step, module2_step, final_step)
+
+
+def _pool_results(run: Run) -> dict[str, Any] | None:
+    """results.json's ``unlabelled`` block: the pool, the terms the shipped method used, its KD weights."""
+    if run.pool is None:
+        return None
+    method = run.auto["chosen"] if run.auto else run.cfg.method
+    terms = "labels" if run.cfg.pool.use_labels else METHODS[method].pool
+    return {**run.pool.summary(), "terms": terms, **run.pool_stats.get(method, {})}
 
 
 def _write_outputs(run: Run, results: dict[str, Any]) -> None:

@@ -59,18 +59,22 @@ def check_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
         )
 
 
+def recorded_data(out_dir: Path, group: str) -> dict | None:
+    """The fingerprint splits.json recorded for ``group`` ("student", "unlabelled") of a started run, or None."""
+    path = out_dir / "splits.json"
+    if not _run_started(out_dir) or not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("data", {}).get(group)
+    except (OSError, ValueError, AttributeError):
+        return None  # an older or damaged split file: nothing recorded to compare with
+
+
 def check_same_data(out_dir: Path, student_dom: "Domain") -> None:
     """A started run continues only on the image list its splits were drawn from (splits.json's fingerprint)."""
     from augkd_edge.data import check_fingerprint
 
-    path = out_dir / "splits.json"
-    if not _run_started(out_dir) or not path.exists():
-        return
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("student")
-    except (OSError, ValueError, AttributeError):
-        return  # an older or damaged split file: nothing recorded to compare with
-    check_fingerprint(recorded, student_dom)
+    check_fingerprint(recorded_data(out_dir, "student"), student_dom)
 
 
 def prepare_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:

@@ -53,7 +53,11 @@ def train_final(run: "Run", method: str, health: dict[str, Any]) -> None:
     seed_stage(cfg.seed, method)
     weight = anchor_weight(cfg.mixup, health) if METHODS[method].anchor else 1.0
     trust = teacher_trust(cfg.mixup, health, run.teacher_student["eval"]["top1"], len(run.domain.classes), weight)
-    final = _final_stage(run, method, trust, weight)
+    from augkd_edge.method.mixup import reliability
+    from augkd_edge.method.unlabelled import build_pool_term
+
+    pool_trust = 1.0 if trust is None else reliability(run.teacher_student["eval"]["top1"], len(run.domain.classes))
+    final = _final_stage(run, method, trust, weight, build_pool_term(run, method, pool_trust))
     if final is not None:
         run.echo({"augkd": "Module 3 (uncertainty-guided mixup)"}.get(method, f"{method}: student training"))
         run_cfg = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
@@ -82,11 +86,11 @@ def fit_stage(run: "Run", stage: Any, epochs: int, path: Path, fp: dict[str, Any
     return result.best_state
 
 
-def _final_stage(run: "Run", method: str, trust: tuple[float, float] | None, weight: float) -> Any:
+def _final_stage(run: "Run", method: str, trust: tuple[float, float] | None, weight: float, pool: Any) -> Any:
     """The student-domain stage of ``method`` (None for dfkd, which trains nothing more).
 
     ``trust``: Module 3's teacher reliabilities (``mixup.teacher_trust``); the KD baseline keeps its fixed u.
-    ``weight``: Module 3's anchor share (``mixup.anchor_weight``).
+    ``weight``: Module 3's anchor share (``mixup.anchor_weight``). ``pool``: the unlabelled images' terms or None.
     """
     cfg, x, y = run.cfg, run.x, run.y
     if METHODS[method].final == "mixup":
@@ -94,10 +98,10 @@ def _final_stage(run: "Run", method: str, trust: tuple[float, float] | None, wei
 
         return build_mixup_stage(method, run.student, run.teacher, run.generator, run.encoder, x["train"],
                                  y["train"], x["eval"], y["eval"], cfg.mixup, anchor=run.anchor, augment=run.augment,
-                                 trust=trust, anchor_weight=weight, **run.common())
+                                 trust=trust, anchor_weight=weight, pool=pool, **run.common())
     if METHODS[method].final is None:
         return None
     from augkd_edge.method.baselines import build_baseline_stage
 
     return build_baseline_stage(method, run.student, x["train"], y["train"], x["eval"], y["eval"], cfg.mixup,
-                                teacher=run.teacher, augment=run.augment, **run.common())
+                                teacher=run.teacher, augment=run.augment, pool=pool, **run.common())

@@ -81,8 +81,11 @@ class StudentStage(NamedState):
         recompute_bn: bool = False,
         optimizer: str = "adam",
         amp: str = "off",
+        pool: Any = None,
     ):
+        """``pool``: a ``method.unlabelled.PoolTerm`` adding the unlabelled images' terms to every step, or None."""
         self.name = name
+        self.pool = pool
         freeze(teacher)
         # BN folded into the convs: the same function, fewer passes (models/fold.py)
         self.student, self.teacher = student, folded_copy(teacher) if teacher is not None else None
@@ -123,22 +126,33 @@ class StudentStage(NamedState):
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, float]]:
         gen = epoch_generator(self.seed, epoch)
         order = self.epoch_order(epoch, gen)
+        pool_gen = self.pool.generator(epoch) if self.pool is not None else None
         for x, y, weight in labelled_batches(
             self.train_x, self.train_y, order, self.batch_size, gen, self.device, self.augment
         ):
-            yield x, y, epoch, weight
+            views = self.pool.views(len(x), pool_gen, self.device) if self.pool is not None else None
+            yield x, y, epoch, weight, views
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, int, float]) -> dict[str, torch.Tensor]:
-        x, y, epoch, weight = batch
+    def train_step(self, batch: tuple[Any, ...]) -> dict[str, torch.Tensor]:
+        x, y, epoch, weight, views = batch
         with torch.no_grad(), self.precision.autocast():
             inputs, targets = self.student_inputs(x, y, epoch)
             teacher_logits = self.teacher(inputs).float() if self.teacher is not None else None
+            pool_teacher = self.pool.teacher_logits(views[0]) if views is not None else None
+        n = len(inputs)
         with self.precision.autocast():
-            student_logits = self.train_student(inputs).float()
-        loss = self.loss(student_logits, teacher_logits, targets, self.ce_share(len(x), len(targets), epoch))
+            # one forward over [batch; weak; strong]: BatchNorm sees the whole step, as in FixMatch
+            logits = self.train_student(inputs if views is None else torch.cat([inputs, views[0], views[1]])).float()
+        loss = self.loss(logits[:n], teacher_logits, targets, self.ce_share(len(x), len(targets), epoch))
+        out = {"loss": loss.detach()}
+        if views is not None:
+            weak_logits, strong_logits = logits[n:].chunk(2)
+            pool_loss, stats = self.pool.loss(weak_logits, strong_logits, pool_teacher, views[2])
+            loss = loss + pool_loss
+            out |= stats
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward_step(weighted(loss, weight), self.optimizer)
-        return {"loss": loss.detach()}
+        return out
 
     def ce_share(self, n_real: int, n: int, epoch: int) -> float | torch.Tensor:
         """u of the loss for a batch of ``n`` inputs whose first ``n_real`` are real images (a float or per sample)."""

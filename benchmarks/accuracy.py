@@ -93,10 +93,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shared_key(overrides: dict[str, Any], preset: str) -> str:
-    """Settings that differ only in Module 3 options share the teacher, Module 1 and Module 2."""
+    """Settings that differ only in Module 3 options or the unlabelled pool (which only Module 3 and the baselines
+    read, unless its labels train: ``pool.use_labels``) share the teacher, Module 1 and Module 2."""
     import hashlib
 
-    core = {k: v for k, v in overrides.items() if k != "mixup"} | {"preset": preset}
+    labels = overrides.get("pool", {}).get("use_labels", False)
+    core = ({k: v for k, v in overrides.items() if k not in ("mixup", "unlabelled", "pool")}
+            | {"preset": preset} | ({"pool": overrides["pool"]} if labels else {}))
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -213,9 +216,10 @@ def merge(paths: list[str], out_dir: Path, note: str = "") -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "auto"),
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "auto" and not METHODS[m].needs_pool),
                         help="comma-separated methods (auto's row is derived from its candidates when they run; "
-                             "name auto to run --method auto itself)")
+                             "name auto to run --method auto itself; self-train and kd-unlabelled need a setting "
+                             "with unlabelled images)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--settings", default="mnist->optdigits",
                         help=f"comma-separated names from {sorted(DEFAULT_SETTINGS)} or a JSON file "

@@ -23,7 +23,8 @@ def test_quick_is_the_default_and_paper_has_the_reference_hyperparameters():
     # at the paper's scale
     assert (an.epochs, an.batch_size, an.lr, an.tau, an.objective) == (200, 2048, 1e-3, 1.0, "bounded")
     assert (mx.epochs, mx.lr, mx.weight_decay, mx.a, mx.b, mx.u, mx.tau) == (200, 1e-3, 1e-4, 0.6, 0.2, 0.5, 10.0)
-    assert set(METHODS) == {"augkd", "no-kd", "kd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup", "auto"}
+    assert set(METHODS) == {"augkd", "no-kd", "kd", "dfkd", "dfkd-finetune", "no-anchor", "no-mixup", "auto", "self-train",
+                            "kd-unlabelled"}
 
 
 def test_round_trip_through_json_file(tmp_path):

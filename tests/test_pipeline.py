@@ -39,13 +39,13 @@ def _distill(args: list[str]) -> "click.testing.Result":  # noqa: F821
     return CliRunner().invoke(main, ["distill", *args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].needs_pool])  # those: test_unlabelled.py
 def test_every_method_runs_and_reports(method: str, tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / method
     res = _distill([*TINY, "--method", method, "--cache-dir", str(cache_dir), "--out", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == 3 and results["method"] == method
+    assert results["schema"] == 4 and results["method"] == method and results["unlabelled"] is None
     for split in ("eval", "test"):
         assert 0.0 <= results[split]["top1"] <= results[split]["top3"] <= results[split]["top5"] <= 1.0
     assert results["split_sizes"] == {"train": 30, "eval": 20, "test": 1797 - 50}

@@ -15,10 +15,11 @@ from typing import Any
 
 import click
 
-from augkd_edge.config import AMP_MODES, METHODS, PRESETS, AnchorConfig, DataFreeConfig, MixupConfig, TeacherConfig
+from augkd_edge.config import (AMP_MODES, METHODS, PRESETS, AnchorConfig, DataFreeConfig, MixupConfig, PoolConfig,
+                               TeacherConfig)
 
 SECTIONS = {"teacher": ("teacher", TeacherConfig), "df": ("data_free", DataFreeConfig),
-            "anchor": ("anchor", AnchorConfig), "mixup": ("mixup", MixupConfig)}
+            "anchor": ("anchor", AnchorConfig), "mixup": ("mixup", MixupConfig), "unlabelled": ("pool", PoolConfig)}
 
 HELP = {
     "teacher.epochs": "Teacher training epochs (when no --teacher file is given).",
@@ -83,6 +84,13 @@ HELP = {
     "mixup.fidelity_floor": "measured anchor share: fidelity at or below which anchors get no share (chance 0.5).",
     "mixup.fidelity_full": "measured anchor share: fidelity from which anchors get their full share.",
     "mixup.recompute_bn": "Recompute the student's BatchNorm statistics on the training images before evaluation.",
+    "pool.max_images": "Unlabelled images used (a seeded subset) [default: all]; 0 holds a --target's pool out unused.",
+    "pool.ratio": "Unlabelled images per labelled image in each training step.",
+    "pool.kd_weight": "Weight of the teacher's soft labels on unlabelled images (per image: trust x certainty).",
+    "pool.kd_gate": "none: KD on every unlabelled image; agree: only where teacher and student agree on the top-1.",
+    "pool.consistency_weight": "Weight of the FixMatch term: the student's confident weak-view label on a strong view.",
+    "pool.threshold": "FixMatch confidence threshold on the student's weak-view softmax.",
+    "pool.use_labels": "Benchmark only: train on the held-out pool's true labels (the fully supervised ceiling).",
 }
 
 
@@ -133,6 +141,10 @@ def _latest_run(root: Path) -> Path | None:
                    "digits:optdigits, an ImageFolder path, or specs joined with '+'.")
 @click.option("--target", "student_data", default=None,
               help="Student-domain spec: the few labelled images of the deployment domain [default: digits:optdigits].")
+@click.option("--unlabelled", default=None, metavar="FOLDER|SPEC",
+              help="Unlabelled images of the target domain: a folder (sub-folders allowed, labels ignored; copies "
+                   "of the labelled/eval/test images are dropped), or the --target spec itself for its held-out "
+                   "pool (half of the images outside train and eval) [default: none].")
 @click.option("--shots", type=click.IntRange(min=1), default=None, help="Labelled training images per class [default: 10].")
 @click.option("--eval-per-class", type=click.IntRange(min=1), default=None,
               help="Student-domain eval images per class, for checkpoint selection [default: 5]; the rest is the test split.")

@@ -64,3 +64,34 @@ def make_augment(kind: str) -> Augment:
         return augment(x, kind, generator)
 
     return run
+
+
+def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """FixMatch's strong view of images in [0, 1]: a random affine, colour jitter and a cut-out square.
+
+    Applied after :func:`augment` (the weak view's crop). Per image: rotation up to +-20 degrees, scale
+    0.85-1.15 and shear up to +-0.2 (one ``affine_grid``), brightness and contrast each scaled by 0.6-1.4,
+    then a zeroed square of a quarter of the side. Label-preserving for digits and natural images alike (no
+    flip). Random numbers as in :func:`augment`: from ``generator``, moved to ``x``'s device.
+    """
+    b, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else x.device
+    r = torch.rand(b, 7, generator=generator, device=gen_device).to(x.device, x.dtype)
+    angle = (r[:, 0] * 2 - 1) * (20 * torch.pi / 180)
+    scale = 0.85 + 0.3 * r[:, 1]
+    shear = (r[:, 2] * 2 - 1) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin + shear, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    contrast, brightness = (0.6 + 0.8 * r[:, 3]).view(b, 1, 1, 1), (0.6 + 0.8 * r[:, 4]).view(b, 1, 1, 1)
+    out = ((out - mean) * contrast + mean) * brightness
+    side = max(1, h // 4)
+    top = (r[:, 5] * (h - side + 1)).long().clamp_(max=h - side).view(b, 1, 1)
+    left = (r[:, 6] * (w - side + 1)).long().clamp_(max=w - side).view(b, 1, 1)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    hole = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    return out.masked_fill(hole[:, None], 0.0).clamp_(0.0, 1.0)

@@ -167,6 +167,38 @@ def _try_decode(job: tuple[Path, int]) -> np.ndarray | str:
         return str(exc)
 
 
+def decode_files(paths: list[Path], input_size: int, on_bad_file: str, root: Path,
+                 workers: int | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Decode ``paths`` in a thread pool: the indices of the readable ones and their pixels.
+
+    Bad files follow ``on_bad_file`` ("skip": one BadImageWarning per file naming it and why, then a count;
+    "error": UserError naming the file). Shared by labelled folders and unlabelled pools.
+    """
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise UserError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}.")
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(_try_decode, [(path, input_size) for path in paths]))
+    kept: list[int] = []
+    for i, (path, result) in enumerate(zip(paths, results)):
+        if isinstance(result, np.ndarray):
+            kept.append(i)
+        elif on_bad_file == "error":
+            raise UserError(f"{path}: {result}; fix or remove the file, or let augkd-edge skip bad files (the default).")
+        else:
+            warnings.warn(f"skipped {path}: {result}", BadImageWarning, stacklevel=3)
+    skipped = len(paths) - len(kept)
+    if skipped > SUMMARY_AFTER:
+        warnings.warn(f"{root}: skipped {skipped} of {len(paths)} files (listed above); using {len(kept)} images",
+                      BadImageWarning, stacklevel=3)
+    return kept, [results[i] for i in kept]  # type: ignore[misc]
+
+
+def to_tensor(pixels: list[np.ndarray]) -> torch.Tensor:
+    """``uint8 [S, S, 3]`` arrays -> float32 ``[N, 3, S, S]`` in [0, 1]."""
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def load_image_folder(
     root: str | os.PathLike, input_size: int, on_bad_file: str = "skip", workers: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
@@ -176,25 +208,26 @@ def load_image_folder(
     root = Path(root)
     classes, per_class = scan_folder(root)
     jobs = [(path, label) for label, paths in enumerate(per_class) for path in paths]
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_try_decode, [(path, input_size) for path, _ in jobs]))
-    kept: list[int] = []
-    for i, ((path, _), result) in enumerate(zip(jobs, results)):
-        if isinstance(result, np.ndarray):
-            kept.append(i)
-        elif on_bad_file == "error":
-            raise UserError(f"{path}: {result}; fix or remove the file, or let augkd-edge skip bad files (the default).")
-        else:
-            warnings.warn(f"skipped {path}: {result}", BadImageWarning, stacklevel=3)
-    skipped = len(jobs) - len(kept)
-    if skipped > SUMMARY_AFTER:
-        warnings.warn(f"{root}: skipped {skipped} of {len(jobs)} files (listed above); using {len(kept)} images",
-                      BadImageWarning, stacklevel=3)
+    kept, pixels = decode_files([path for path, _ in jobs], input_size, on_bad_file, root, workers)
     labels = np.array([jobs[i][1] for i in kept], dtype=np.int64)
     for label, name in enumerate(classes):
         if not (labels == label).any():
             raise UserError(f"{root / name}: no readable images in this class folder; fix or remove it.")
-    pixels = np.stack([results[i] for i in kept])  # type: ignore[misc]
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
-    return images, torch.from_numpy(labels), classes, [str(jobs[i][0]) for i in kept]
+    return to_tensor(pixels), torch.from_numpy(labels), classes, [str(jobs[i][0]) for i in kept]
+
+
+def load_unlabelled_folder(root: str | os.PathLike, input_size: int,
+                           on_bad_file: str = "skip") -> tuple[torch.Tensor, list[str]]:
+    """Every readable image under ``root`` (nested folders allowed, folder names ignored) and its path.
+
+    The same decoding and bad-file rules as a labelled folder; UserError for a missing root or no readable image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; give --unlabelled a folder of images (sub-folders allowed) "
+                        f"or the --target spec itself for its held-out pool.")
+    paths = _class_files(root)
+    kept, pixels = decode_files(paths, input_size, on_bad_file, root)
+    if not kept:
+        raise UserError(f"{root}: no readable images in this folder ({len(paths)} files); add images or fix the path.")
+    return to_tensor(pixels), [str(paths[i]) for i in kept]

@@ -87,11 +87,13 @@ class MixupStage(StudentStage):
         amp: str = "off",
         trust: tuple[float, float] | None = None,
         anchor_weight: float = 1.0,
+        pool: Any = None,
     ):
         """``trust``: (raw, anchored) teacher reliabilities in [0, 1] (:func:`reliability`); None = fixed u.
-        ``anchor_weight``: the anchor's share w of the mixtures' latent (:func:`anchor_weight`)."""
+        ``anchor_weight``: the anchor's share w of the mixtures' latent (:func:`anchor_weight`).
+        ``pool``: the unlabelled images' terms (``method.unlabelled.PoolTerm``), or None."""
         super().__init__(name, student, train_x, train_y, eval_x, eval_y, mean=mean, std=std, seed=seed,
-                         augment=augment, teacher=teacher, u=cfg.u, amp=amp, **recipe(cfg))
+                         augment=augment, teacher=teacher, u=cfg.u, amp=amp, pool=pool, **recipe(cfg))
         self.generator, self.encoder, self.anchor = generator, encoder, anchor
         self.cfg, self.mixup, self.trust, self.anchor_weight = cfg, mixup, trust, anchor_weight
         freeze(generator, encoder, anchor)

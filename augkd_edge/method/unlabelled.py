@@ -1,0 +1,142 @@
+"""Unlabelled student-domain images (``--unlabelled``) in Module 3 and the baselines.
+
+Per labelled batch of B images the stage draws ``ratio * B`` pool images (seeded by (seed, epoch) on a stream
+of their own, so a resumed epoch repeats them), makes a *weak* view (the labelled images' augmentation) and a
+*strong* view of it (``data.augment.strong_augment``), and the student sees [its usual batch; weak; strong] in
+one forward, so BatchNorm sees the whole step as in FixMatch. The pool adds::
+
+    L_pool = kd_weight * mean_i w_i tau^2 KL(softmax(T(weak_i)/tau) || softmax(S(weak_i)/tau))
+           + consistency_weight * mean_i 1[max_c p_ic >= t] CE(S(strong_i), argmax_c p_ic),  p = softmax(S(weak)), no grad
+
+The teacher's per-image weight ``w_i = r * c_i`` turns a teacher that is wrong on the domain down twice:
+``r`` is its measured trust (chance-corrected top-1 on the eval split's raw images, as Module 3's u; 1 with
+``teacher_trust="fixed"``), ``c_i = sigmoid((m - E_i) / s)`` its certainty on this image, with E_i its energy on
+the (unaugmented) pool image and m, s the median and standard deviation of its energies on the labelled
+training images it labels right: as sure as where it is right gives c >= 0.5, far less sure gives c -> 0
+(:func:`certainty_weights`). ``kd_gate="agree"`` also zeroes w_i where the teacher's and the student's top-1
+on the weak view differ. The terms a method uses are ``config.METHODS``' ``pool``: ``kd+consistency``
+(augkd and its ablations), ``consistency`` (``self-train``: no teacher), ``kd`` (``kd-unlabelled``: Hinton's
+transfer set, w_i = 1, no consistency). docs/method.md, "Unlabelled images".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from augkd_edge.batching import epoch_generator
+from augkd_edge.config import PoolConfig
+from augkd_edge.data import normalize
+from augkd_edge.data.augment import Augment, strong_augment
+from augkd_edge.distributed import current
+
+POOL_MODES = ("kd+consistency", "consistency", "kd")
+POOL_STREAM = 7  # the pool's random stream in ``batching.epoch_generator``
+
+
+def certainty_weights(pool_energy: torch.Tensor, right_energy: torch.Tensor, trust: float) -> torch.Tensor:
+    """``w_i = trust * sigmoid((m - E_i) / s)``: m, s the median and std of ``right_energy`` (the teacher's energies
+    on the labelled images it labels right; s at least 1e-3). No right image: the teacher earns no weight."""
+    if right_energy.numel() == 0:
+        return torch.zeros_like(pool_energy)
+    m = right_energy.median()
+    s = right_energy.std(unbiased=False).clamp_min(1e-3) if right_energy.numel() > 1 else torch.tensor(1.0)
+    return trust * torch.sigmoid((m - pool_energy) / s)
+
+
+class PoolTerm:
+    """The pool's views and loss for one student stage (``StudentStage(pool=...)``)."""
+
+    def __init__(self, images: torch.Tensor, cfg: PoolConfig, mode: str, *, teacher: nn.Module | None,
+                 kd_weights: torch.Tensor | None, mean: Sequence[float], std: Sequence[float], seed: int,
+                 augment: Augment | None, tau: float):
+        """``kd_weights``: w_i per pool image (None for ``consistency``); ``teacher``: needed unless ``consistency``."""
+        if mode not in POOL_MODES:
+            raise ValueError(f"pool mode must be one of {POOL_MODES}, got {mode!r}")
+        if mode != "consistency" and (teacher is None or kd_weights is None):
+            raise ValueError(f"pool mode {mode} needs the teacher and its per-image weights")
+        from augkd_edge.models.fold import folded_copy
+
+        self.images, self.cfg, self.mode = images, cfg, mode
+        self.teacher = folded_copy(teacher) if teacher is not None and mode != "consistency" else None
+        self.kd_weights = kd_weights
+        self.mean, self.std, self.seed, self.augment, self.tau = tuple(mean), tuple(std), seed, augment, tau
+        self.kd_scale = cfg.kd_weight if mode != "kd" else 1.0
+        self.cons_scale = cfg.consistency_weight if mode != "kd" else 0.0
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def generator(self, epoch: int) -> torch.Generator:
+        return epoch_generator(self.seed, epoch, stream=POOL_STREAM)
+
+    def views(self, n_labelled: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(normalised weak, normalised strong, indices) of ``ratio * n_labelled`` pool images (this rank's share)."""
+        dist = current()
+        idx = torch.randint(len(self), (self.cfg.ratio * n_labelled,), generator=generator)
+        weak = self.images[idx]
+        if self.augment is not None:
+            weak = self.augment(weak, generator)
+        strong = strong_augment(weak, generator)
+        weak, strong, idx = dist.shard(weak), dist.shard(strong), dist.shard(idx)
+        out = (normalize(weak, self.mean, self.std), normalize(strong, self.mean, self.std))
+        return tuple(t.to(device, non_blocking=True) for t in out) + (idx,)
+
+    @torch.no_grad()
+    def teacher_logits(self, weak: torch.Tensor) -> torch.Tensor | None:
+        return self.teacher(weak).float() if self.teacher is not None else None
+
+    def loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+             idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_pool (module docstring) and its parts for the metrics log."""
+        total = weak_logits.new_zeros(())
+        stats: dict[str, torch.Tensor] = {}
+        if teacher_logits is not None and self.kd_scale > 0:
+            if self.mode == "kd":
+                w = weak_logits.new_ones(len(idx))
+            else:
+                w = self.kd_weights[idx].to(weak_logits.device, weak_logits.dtype)
+            if self.cfg.kd_gate == "agree" and self.mode != "kd":
+                w = w * (teacher_logits.argmax(1) == weak_logits.detach().argmax(1)).to(w.dtype)
+            kl = F.kl_div(F.log_softmax(weak_logits / self.tau, 1), F.log_softmax(teacher_logits / self.tau, 1),
+                          log_target=True, reduction="none").sum(1) * self.tau**2
+            kd = (w * kl).mean()
+            total = total + self.kd_scale * kd
+            stats |= {"pool_kd": kd.detach(), "pool_kd_w": w.mean().detach()}
+        if self.cons_scale > 0:
+            probs = weak_logits.detach().softmax(1)
+            conf, pseudo = probs.max(1)
+            mask = (conf >= self.cfg.threshold).to(weak_logits.dtype)
+            cons = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
+            total = total + self.cons_scale * cons
+            stats |= {"pool_cons": cons.detach(), "pool_mask": mask.mean().detach()}
+        return total, stats
+
+
+def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
+    """The pool term of ``method``'s final stage (``config.METHODS``' ``pool``), or None without a pool to use.
+
+    ``trust``: the teacher's reliability r on the eval split's raw images (1 with a fixed teacher trust).
+    """
+    from augkd_edge.config import METHODS
+    from augkd_edge.evaluate import predict_logits
+    from augkd_edge.losses import energy
+
+    mode = METHODS[method].pool
+    if run.pool is None or mode == "none" or run.cfg.pool.use_labels:
+        return None
+    common = run.common()
+    weights = None
+    if mode != "consistency":
+        logits = predict_logits(run.teacher, run.x["train"], common["mean"], common["std"])
+        right = logits.argmax(1).cpu() == run.y["train"]
+        pool_energy = energy(predict_logits(run.teacher, run.pool.images, common["mean"], common["std"])).cpu()
+        weights = certainty_weights(pool_energy, energy(logits).cpu()[right], trust)
+        run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4)}
+    return PoolTerm(run.pool.images, run.cfg.pool, mode, teacher=run.teacher, kd_weights=weights,
+                    mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
+                    tau=run.cfg.mixup.tau)
