@@ -179,15 +179,20 @@ def splits_step(run: Run) -> None:
 def pool_step(run: Run) -> dict[str, Any]:
     """The --unlabelled pool (``data.unlabelled``): held out of the test split or read from a folder, deduplicated
     against the splits, checked against a resumed run's; returns its fingerprint for splits.json."""
+    import warnings
+
     from augkd_edge.data.unlabelled import check_same_pool, describe, hold_out, is_held_out, load_pool
+    from augkd_edge.errors import BadImageWarning
     from augkd_edge.run_checks import recorded_data
 
     if is_held_out(run.cfg):
         run.splits = hold_out(run.splits, run.domain.labels, run.cfg.seed)
     run.pool = load_pool(run.cfg, run.domain, run.splits)
     check_same_pool(recorded_data(run.out_dir, "unlabelled"), run.pool)
-    for line in describe(run.pool):
-        run.echo(line)
+    line, leak = describe(run.pool)
+    run.echo(line)
+    if leak is not None:
+        warnings.warn(leak, BadImageWarning, stacklevel=2)
     return run.pool.fingerprint()
 
 

@@ -309,7 +309,9 @@ def write_run_report(
 
 
 def _summary_lines(results: dict[str, Any], cfg: Any) -> list[str]:
-    """The report's head: what ran, the accuracy table, initialisation and wall times."""
+    """The report's head: what ran, the accuracy table, the unlabelled pool, initialisation and wall times."""
+    from augkd_edge.data.unlabelled import results_line
+
     t = results["teacher"]
     return [
         f"# augkd-edge distill: `{results['method']}`, seed {results['seed']}",
@@ -326,6 +328,7 @@ def _summary_lines(results: dict[str, Any], cfg: Any) -> list[str]:
             (f"**student `{results['method']}` on the student domain (test split)**", results["test"]),
         ]),
         "",
+        *([f"{pool}.", ""] if (pool := results_line(results.get("unlabelled"))) else []),
         _init_line(cfg),
         "",
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_wall_s"].items()) + ".",

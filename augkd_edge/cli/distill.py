@@ -265,6 +265,10 @@ def _print_table(results: dict[str, Any]) -> None:
     click.echo(f"{'':{width}}  top-1   top-3   top-5")
     for name, acc in rows:
         click.echo(f"{name:{width}}  {acc['top1']:.4f}  {acc['top3']:.4f}  {acc['top5']:.4f}")
+    from augkd_edge.data.unlabelled import results_line
+
+    if (pool := results_line(results.get("unlabelled"))) is not None:
+        click.echo(pool)
     gen, rec, anc = results.get("generator"), results.get("reconstruction"), results.get("anchor")
     if rec is not None or anc is not None:
         click.echo("\nModule health (eval split):")

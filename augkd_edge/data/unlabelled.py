@@ -162,13 +162,26 @@ def check_same_pool(recorded: dict[str, Any] | None, pool: Pool) -> None:
             f"restore them, or start a new run in another --out.")
 
 
-def describe(pool: Pool) -> list[str]:
-    """What the run tells the user about its pool: the count, and every dropped image by reason."""
+def describe(pool: Pool) -> tuple[str, str | None]:
+    """What the run tells the user about its pool: the count with every dropped image by reason, and a warning
+    (shown even with --quiet) when some were copies of eval/test images, naming a few."""
     parts = [f"{n} {why.replace('_', ' ')}" for why, n in pool.dropped.items() if n]
-    lines = [f"unlabelled {pool.spec} ({pool.kind}): {len(pool)} images"
-             + (f" (dropped: {', '.join(parts)})" if parts else "")]
+    line = (f"unlabelled {pool.spec} ({pool.kind}): {len(pool)} images"
+            + (f" (dropped: {', '.join(parts)})" if parts else ""))
     leaks = pool.dropped.get("copy_of_eval", 0) + pool.dropped.get("copy_of_test", 0)
-    if leaks:
-        lines.append(f"warning: {leaks} unlabelled images are copies of eval/test images and were dropped, so no "
-                     f"test image trains the student (e.g. {', '.join(pool.leaked)}); remove them from the folder")
-    return lines
+    if not leaks:
+        return line, None
+    return line, (f"{leaks} unlabelled images are copies of eval/test images and were dropped, so no test image "
+                  f"trains the student (e.g. {', '.join(pool.leaked)}); remove them from the folder")
+
+
+def results_line(block: dict[str, Any] | None) -> str | None:
+    """One line on results.json's ``unlabelled`` block for the closing table and report.md (None without a pool)."""
+    if block is None:
+        return None
+    dropped = sum(block["dropped"].values())
+    line = (f"unlabelled {block['spec']} ({block['kind']}): {block['images']} images used"
+            + (f", {dropped} dropped" if dropped else "") + f"; terms {block['terms']}")
+    if "kd_trust" in block:
+        line += f", teacher trust {block['kd_trust']:.2f}, mean KD weight {block['kd_weight_mean']:.2f}"
+    return line

@@ -1,0 +1,191 @@
+"""``distill --unlabelled`` (issue 21): the pool's loading, deduplication, fingerprint and loss terms.
+
+The end-to-end tests run the real CLI on a tiny two-class folder and a tiny teacher archive (seconds each); the
+unit tests check the per-image teacher weights and the pool loss against values computed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from augkd_edge.config import PoolConfig
+from augkd_edge.data.splits import student_split
+from augkd_edge.data.unlabelled import content_hashes, hold_out
+from augkd_edge.method.unlabelled import PoolTerm, certainty_weights
+from test_hostile import TINY, cli, export_archive, image_folder, refused, tiny_net
+
+
+# ---- the teacher's per-image weights and the pool loss ------------------------------------------------------
+
+
+def test_certainty_weights_match_hand_computed_values() -> None:
+    right = torch.tensor([-6.0, -4.0, -5.0])  # median -5, population std sqrt(2/3)
+    pool = torch.tensor([-5.0, -7.0, 0.0])
+    s = math.sqrt(2.0 / 3.0)
+    expected = [0.8 * 0.5, 0.8 / (1 + math.exp(-2.0 / s)), 0.8 / (1 + math.exp(5.0 / s))]
+    assert certainty_weights(pool, right, 0.8).tolist() == pytest.approx(expected, rel=1e-6)
+    assert certainty_weights(pool, torch.tensor([]), 1.0).tolist() == [0.0, 0.0, 0.0]  # never right: no weight
+    assert certainty_weights(pool, right, 0.0).tolist() == [0.0, 0.0, 0.0]  # a teacher at chance is turned off
+
+
+def _term(mode: str, weights: torch.Tensor | None, **cfg: object) -> PoolTerm:
+    return PoolTerm(torch.rand(3, 3, 8, 8), PoolConfig(**cfg), mode, teacher=tiny_net(3) if weights is not None else None,
+                    kd_weights=weights, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, augment=None, tau=2.0)
+
+
+def test_pool_loss_is_weighted_kd_plus_masked_consistency() -> None:
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 9.0]])
+    strong = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    teacher = torch.tensor([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 5.0]])
+    idx = torch.tensor([0, 1, 2])
+    w = torch.tensor([1.0, 0.5, 0.0])
+
+    def kl(i: int) -> float:
+        p = F.softmax(teacher[i] / 2, 0)
+        return float(4 * (p * (p.log() - F.log_softmax(weak[i] / 2, 0))).sum())
+
+    total, stats = _term("kd+consistency", w, kd_weight=2.0, consistency_weight=3.0, threshold=0.9).loss(
+        weak, strong, teacher, idx)
+    kd = (1.0 * kl(0) + 0.5 * kl(1)) / 3
+    confident = [0, 2]  # softmax max of the weak logits: 0.96, 0.58, 0.9998
+    cons = sum(float(F.cross_entropy(strong[i:i + 1], weak[i:i + 1].argmax(1))) for i in confident) / 3
+    assert float(stats["pool_kd"]) == pytest.approx(kd, rel=1e-5)
+    assert float(stats["pool_cons"]) == pytest.approx(cons, rel=1e-5)
+    assert float(stats["pool_mask"]) == pytest.approx(2 / 3)
+    assert float(total) == pytest.approx(2 * kd + 3 * cons, rel=1e-5)
+
+    # kd_gate agree: the teacher counts only where its top-1 is the student's (images 1 and 2, not 0)
+    _, gated = _term("kd+consistency", w, kd_gate="agree").loss(weak, strong, teacher, idx)
+    assert float(gated["pool_kd"]) == pytest.approx(0.5 * kl(1) / 3, rel=1e-5)
+    assert float(gated["pool_kd_w"]) == pytest.approx(0.5 / 3)
+    # Hinton's transfer set: every image weighs 1, no consistency term
+    total_kd, plain = _term("kd", w).loss(weak, strong, teacher, idx)
+    assert float(total_kd) == pytest.approx(sum(kl(i) for i in range(3)) / 3, rel=1e-5) and "pool_cons" not in plain
+    # self-training: no teacher at all
+    total_c, only = _term("consistency", None, threshold=0.5).loss(weak, strong, None, idx)
+    assert "pool_kd" not in only and float(only["pool_mask"]) == 1.0 and float(total_c) > 0
+
+
+def test_pool_views_are_seeded_by_epoch() -> None:
+    term = _term("consistency", None, ratio=2)
+    a = term.views(4, term.generator(3), torch.device("cpu"))
+    b = term.views(4, term.generator(3), torch.device("cpu"))
+    c = term.views(4, term.generator(4), torch.device("cpu"))
+    assert a[0].shape == (8, 3, 8, 8) and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[2], c[2]) or not torch.equal(a[1], c[1])
+
+
+# ---- the held-out pool and the content hashes -------------------------------------------------------------
+
+
+def test_held_out_pool_is_half_of_each_class_test_images_and_disjoint() -> None:
+    labels = torch.arange(10).repeat_interleave(30)
+    splits = student_split(labels, 5, 0, 3, classes=[str(c) for c in range(10)])
+    cut = hold_out(splits, labels, 0)
+    assert set(cut["pool"]).isdisjoint(cut["test"]) and set(cut["pool"]) | set(cut["test"]) == set(splits["test"])
+    assert np.bincount(labels.numpy()[cut["pool"]]).tolist() == [11] * 10  # round(22 * 0.5)
+    assert np.array_equal(cut["train"], splits["train"]) and np.array_equal(cut["eval"], splits["eval"])
+    assert np.array_equal(hold_out(splits, labels, 0)["pool"], cut["pool"])
+    assert not np.array_equal(hold_out(splits, labels, 1)["pool"], cut["pool"])
+
+
+def test_content_hashes_see_pixels_not_files() -> None:
+    x = torch.rand(2, 3, 4, 4)
+    same = x + 1e-4  # the same 8-bit image
+    other = x.clone()
+    other[0, 0, 0, 0] = (other[0, 0, 0, 0] + 0.5) % 1.0
+    assert content_hashes(x) == content_hashes(same)
+    assert content_hashes(x)[0] != content_hashes(other)[0] and content_hashes(x)[1] == content_hashes(other)[1]
+
+
+# ---- the real CLI on a tiny folder ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_archive(tmp_path_factory.mktemp("t2u") / "two.pt2", model=tiny_net(2))
+
+
+def _new_images(root: Path, count: int, seed: int = 1) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [root / f"u{seed}_{i}.png" for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+def test_folder_pool_drops_copies_of_test_images_names_them_and_skips_bad_files(tmp_path: Path,
+                                                                               teacher_2: Path) -> None:
+    data = image_folder(tmp_path / "data")  # 2 classes x 5: train 2, eval 1, test 2 per class
+    pool = tmp_path / "pool"
+    _new_images(pool / "nested" / "deeper", 6)
+    shutil.copytree(data, pool / "copies")  # all 10 labelled/eval/test images
+    (pool / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "r"
+    res = cli("distill", "--teacher", teacher_2, "--target", data, "--unlabelled", pool, "--method", "augkd",
+              *TINY, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert f"augkd-edge: warning: skipped {pool / 'broken.jpg'}: not an image file Pillow can read" in res.stderr
+    assert "Traceback" not in res.output
+    summary = json.loads((out / "results.json").read_text())["unlabelled"]
+    assert summary["images"] == 6 and summary["kind"] == "folder" and summary["terms"] == "kd+consistency"
+    assert summary["dropped"] == {"copy_of_train": 4, "copy_of_eval": 2, "copy_of_test": 4, "repeated": 0}
+    assert len(summary["leaked_examples"]) == 5 and all(str(pool / "copies") in f for f in summary["leaked_examples"])
+    warning = [line for line in res.stderr.splitlines() if "copies of eval/test images" in line]
+    assert len(warning) == 1 and "6 unlabelled images" in warning[0] and summary["leaked_examples"][0] in warning[0]
+    assert 0.0 <= summary["kd_trust"] <= 1.0 and 0.0 <= summary["kd_weight_mean"] <= 1.0
+    assert f"unlabelled {pool} (folder): 6 images used, 10 dropped; terms kd+consistency" in (
+        out / "report.md").read_text()
+    recorded = json.loads((out / "splits.json").read_text())["data"]["unlabelled"]
+    assert recorded == {k: summary[k] for k in ("spec", "kind", "images", "sha256")}
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("train_pool_cons" in row and "train_pool_kd_w" in row for row in logged)
+
+    # export and bench --eval read the run as before: the pool changes neither the student nor its test split
+    test_top1 = json.loads((out / "results.json").read_text())["test"]["top1"]
+    assert cli("export", out, "--onnx", "--out", tmp_path / "exp").exit_code == 0
+    bench = cli("bench", "run", out / "student.pt", "--backend", "torch", "--iters", "1", "--eval", out,
+                "--out", tmp_path / "bench")
+    assert bench.exit_code == 0, bench.output
+    report = json.loads(next((tmp_path / "bench").rglob("*.json")).read_text())
+    assert report["results"][0]["top1"] == pytest.approx(test_top1) and report["results"][0]["eval"]["n"] == 4
+
+    # a changed pool is refused on --resume, naming what changed
+    (pool / "broken.jpg").unlink()
+    _new_images(pool, 1, seed=2)
+    refused(cli("distill", "--teacher", teacher_2, "--target", data, "--unlabelled", pool, "--method", "augkd",
+                *TINY, "--out", out, "--resume"), "unlabelled images changed", "6 -> 7 images")
+
+
+def test_pool_of_nothing_but_copies_is_refused(tmp_path: Path, teacher_2: Path) -> None:
+    data = image_folder(tmp_path / "data")
+    shutil.copytree(data, tmp_path / "pool")
+    out = tmp_path / "r"
+    refused(cli("distill", "--teacher", teacher_2, "--target", data, "--unlabelled", tmp_path / "pool",
+                "--method", "self-train", *TINY, "--out", out), "no image left", "--unlabelled")
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("spec, needle", [("nowhere", "no such folder"),
+                                          ("digits:mnist", "a built-in domain is a pool only as the --target")])
+def test_bad_unlabelled_spec_is_one_line(tmp_path: Path, teacher_2: Path, spec: str, needle: str) -> None:
+    data = image_folder(tmp_path / "data")
+    refused(cli("distill", "--teacher", teacher_2, "--target", data, "--unlabelled", tmp_path / spec
+                if spec == "nowhere" else spec, *TINY, "--out", tmp_path / "r"), needle)
+
+
+def test_pool_methods_without_a_pool_are_refused(tmp_path: Path, teacher_2: Path) -> None:
+    data = image_folder(tmp_path / "data")
+    refused(cli("distill", "--teacher", teacher_2, "--target", data, "--method", "self-train", *TINY,
+                "--out", tmp_path / "r"), "--unlabelled")
