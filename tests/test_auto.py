@@ -40,7 +40,7 @@ def _run(tmp_path: Path, method: str, out: str) -> dict:
 @pytest.mark.slow
 def test_auto_candidates_are_the_standalone_students_and_the_best_eval_ships(tmp_path):
     auto = _run(tmp_path, "auto", "auto")
-    assert auto["schema"] == 3 and auto["method"] == "auto"
+    assert auto["schema"] == 4 and auto["method"] == "auto"
     cands = auto["auto"]["candidates"]
     assert list(cands) == list(AUTO_CANDIDATES)
     for method in AUTO_CANDIDATES:
