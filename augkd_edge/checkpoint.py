@@ -18,7 +18,7 @@ from augkd_edge.errors import UserError, WriteError
 # the one atomic write lives in the torch-free export library (the Jetson runner writes reports with it too)
 from augkd_edge.export.atomic import atomic_write, write_text_atomic
 
-__all__ = ["check_writable_dir", "load_safe", "save_atomic", "write_text_atomic"]
+__all__ = ["check_writable_dir", "is_safetensors", "load_safe", "load_state_file", "save_atomic", "write_text_atomic"]
 
 
 def check_writable_dir(folder: str | os.PathLike, what: str) -> None:
@@ -79,3 +79,34 @@ def load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from exc
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """A ``.safetensors`` file by name, or by its header (8-byte little-endian length, then a JSON object)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def load_state_file(path: str | os.PathLike) -> Any:
+    """A state_dict (or other torch data) from a ``.safetensors`` file or a torch file, running no code.
+
+    safetensors holds tensors only, so it needs no unpickling at all; other files go through :func:`load_safe`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; check the path you gave.")
+    if not is_safetensors(path):
+        return load_safe(path)
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for bad files
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable safetensors file (truncated or corrupt?): {first}") from None

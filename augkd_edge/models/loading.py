@@ -152,7 +152,7 @@ def load_teacher(
     """Load a teacher the user gives, without running code from the file.
 
     Accepted: an augkd-edge model file; a state_dict for ``arch`` (torchvision
-    name); a ``torch.export`` archive (``.pt2``); a TorchScript archive. The
+    name), as a torch file or a ``.safetensors`` file; a ``torch.export`` archive (``.pt2``); a TorchScript archive. The
     returned module is in eval mode with ``num_classes`` outputs, checked on
     ``input_size`` inputs at several batch sizes. An augkd-edge model file that
     records its class names must match ``class_names`` (when given); the same
@@ -160,7 +160,7 @@ def load_teacher(
     """
     import torch
 
-    from augkd_edge.checkpoint import load_safe
+    from augkd_edge.checkpoint import load_state_file
 
     path = Path(path)
     if not path.is_file():
@@ -183,7 +183,7 @@ def load_teacher(
         except Exception as exc:
             raise UserError(f"{path}: not a loadable TorchScript archive: {exc}") from exc
     else:
-        obj = load_safe(path)
+        obj = load_state_file(path)
         if is_model_record(obj):
             model, meta = load_model_file(path)
             if meta.num_classes != num_classes:

@@ -98,7 +98,7 @@ def _torchvision_weights(arch: str, spec: str, flag: str) -> WeightsSource:
 
 
 def load_state(source: WeightsSource) -> dict[str, Any]:
-    """The state_dict ``source`` points to, read with ``weights_only=True``."""
+    """The state_dict ``source`` points to, read with ``weights_only=True`` or from a ``.safetensors`` file."""
     import pickle
 
     import torch
@@ -111,9 +111,9 @@ def load_state(source: WeightsSource) -> dict[str, Any]:
                             f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "
                             f"delete it and put a fresh copy there.") from exc
     else:
-        from augkd_edge.checkpoint import load_safe
+        from augkd_edge.checkpoint import load_state_file
 
-        state = load_safe(source.path)
+        state = load_state_file(source.path)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]  # {"state_dict": ...} and augkd-edge model files
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
