@@ -377,7 +377,7 @@ def _pool_results(run: Run) -> dict[str, Any] | None:
     if run.pool is None:
         return None
     method = run.auto["chosen"] if run.auto else run.cfg.method
-    terms = "labels" if run.cfg.pool.use_labels else METHODS[method].pool
+    terms = "labels" if run.cfg.pool.use_labels else METHODS[method].pool if len(run.pool) else "none"
     return {**run.pool.summary(), "terms": terms, **run.pool_stats.get(method, {})}
 
 

@@ -189,3 +189,23 @@ def test_pool_methods_without_a_pool_are_refused(tmp_path: Path, teacher_2: Path
     data = image_folder(tmp_path / "data")
     refused(cli("distill", "--teacher", teacher_2, "--target", data, "--method", "self-train", *TINY,
                 "--out", tmp_path / "r"), "--unlabelled")
+
+
+@pytest.mark.parametrize("max_images, terms", [(None, "consistency"), (0, "none")])
+def test_held_out_pool_of_the_target_end_to_end(tmp_path: Path, max_images: int | None, terms: str) -> None:
+    teacher = export_archive(tmp_path / "ten.pt2", model=tiny_net(10))
+    out = tmp_path / "r"
+    extra = [] if max_images is None else ["--unlabelled-max-images", str(max_images)]
+    res = cli("distill", "--teacher", teacher, "--target", "digits:optdigits", "--unlabelled", "digits:optdigits",
+              *extra, "--method", "self-train" if max_images is None else "augkd", *TINY, "--out", out)
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    # optdigits: 1797 images; train 2 and eval 1 per class leave 1767, half of each class's rest is the pool
+    assert results["split_sizes"] == {"train": 20, "eval": 10, "pool": 885, "test": 882}
+    block = results["unlabelled"]
+    assert block["kind"] == "held-out"
+    kept = 885 - sum(n for why, n in block["dropped"].items() if why != "over_max_images")
+    assert block["images"] == (kept if max_images is None else 0)
+    assert results["unlabelled"]["terms"] == terms
+    splits = json.loads((out / "splits.json").read_text())["splits"]["student"]
+    assert set(splits["pool"]).isdisjoint(splits["test"]) and set(splits["pool"]).isdisjoint(splits["train"])

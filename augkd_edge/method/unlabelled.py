@@ -127,8 +127,8 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
     from augkd_edge.losses import energy
 
     mode = METHODS[method].pool
-    if run.pool is None or mode == "none" or run.cfg.pool.use_labels:
-        return None
+    if run.pool is None or len(run.pool) == 0 or mode == "none" or run.cfg.pool.use_labels:
+        return None  # no pool, a method without pool terms, the supervised ceiling, or a pool held out unused
     common = run.common()
     weights = None
     if mode != "consistency":
