@@ -44,17 +44,22 @@ def _names(value: str, option: str) -> list[str]:
 
 
 def parse_students(value: str) -> list[str]:
-    """Torchvision classification model names, checked before minutes of distillation."""
+    """Torchvision classification model names (or ``timm:NAME``), checked before minutes of distillation."""
     import torchvision
+
+    from augkd_edge.models.zoo import is_timm, model_builder
 
     students = _names(value, "--students")
     known = set(torchvision.models.list_models(module=torchvision.models))
     for name in students:
-        if name not in known:
+        if is_timm(name):
+            model_builder(name)  # names the missing extra or close timm names
+        elif name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f"did you mean {', '.join(near)}?" if near else "e.g. mobilenet_v3_small, resnet18"
             raise UserError(f"--students {name}: not a torchvision classification model; {hint} "
-                            f"(all: torchvision.models.list_models(module=torchvision.models)).")
+                            f"(all: torchvision.models.list_models(module=torchvision.models); timm models "
+                            f"as timm:NAME).")
     return students
 
 

@@ -7,8 +7,11 @@
   weights API and read from its cache (``$TORCH_HOME/hub/checkpoints/``). Nothing
   is downloaded: when the file is not cached the error names it and where to put
   it (the cache is checked here before torchvision is asked for the weights);
+- for a ``timm:NAME`` architecture, a timm pretrained tag (``DEFAULT`` or e.g. ``lamb_in1k``), read from the
+  local Hugging Face cache (``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``); missing there, the error
+  names the repository and the folder, as for torchvision;
 - or a state_dict file (a plain state_dict, ``{"state_dict": ...}``, or an
-  augkd-edge model file), read with ``weights_only=True``.
+  augkd-edge model file), read with ``weights_only=True``, or a ``.safetensors`` file.
 
 Every tensor of the architecture except the classifier head must be in the
 file with its shape; the head is kept only when it already has the run's class
@@ -42,15 +45,18 @@ class WeightsSource:
     arch: str
     path: Path
     tv: Any = None  # torchvision WeightsEnum member, None for a user's file
+    hub: str | None = None  # the Hugging Face repository of timm weights found in the local cache
 
     @property
     def label(self) -> str:
+        if self.hub is not None:
+            return f"timm {self.hub}"
         return f"{type(self.tv).__name__}.{self.tv.name}" if self.tv is not None else str(self.path)
 
     def identity(self) -> str:
         """What the weights are, for cache keys and fingerprints: the torchvision entry or the file's content hash."""
         if self.tv is not None:
-            return f"torchvision:{self.label}"
+            return f"torchvision:{self.label}"  # timm hub weights: by content, below
         digest = hashlib.sha256()
         with open(self.path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -63,10 +69,41 @@ def resolve(arch: str, spec: str, flag: str = "--weights") -> WeightsSource:
     path = Path(spec).expanduser()
     if path.is_file():
         return WeightsSource(spec, arch, path)
+    from augkd_edge.models.zoo import is_timm
+
+    if is_timm(arch):
+        return _timm_weights(arch, spec, flag)
     if not _WEIGHTS_NAME.fullmatch(spec):
         raise UserError(f"{flag} {spec}: no such file, and not a torchvision weights name "
                         f"(DEFAULT, IMAGENET1K_V1, ...); give a state_dict file or a weights name.")
     return _torchvision_weights(arch, spec, flag)
+
+
+def _timm_weights(arch: str, spec: str, flag: str) -> WeightsSource:
+    """timm's pretrained ``spec`` of ``arch`` from the local Hugging Face cache; never downloads."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from augkd_edge.models.zoo import TIMM_PREFIX, model_builder
+
+    model_builder(arch)  # an unknown model is named as such
+    name = arch[len(TIMM_PREFIX):]
+    tags = timm.list_pretrained(f"{name}.*")
+    full = tags[0] if spec == "DEFAULT" and tags else f"{name}.{spec}"
+    if full not in tags:
+        raise UserError(f"{flag} {spec}: no such file, and timm has no pretrained {full}; "
+                        + (f"valid names: DEFAULT, {', '.join(t.split('.', 1)[1] for t in tags)}." if tags
+                           else f"timm has no pretrained weights for {name}; give a state_dict file."))
+    repo = timm.models.get_pretrained_cfg(full).hf_hub_id
+    cache = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE
+    for file_name in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, file_name, cache_dir=cache) if repo else None
+        if isinstance(found, str):
+            return WeightsSource(spec, arch, Path(found), hub=repo)
+    raise UserError(f"{flag} {spec}: {full} ({repo}) is not in the Hugging Face cache and augkd-edge does not "
+                    f"download; fetch it elsewhere (huggingface-cli download {repo} model.safetensors), copy "
+                    f"{Path(cache) / ('models--' + str(repo).replace('/', '--'))}/ here, or give the file itself.")
 
 
 def _torchvision_weights(arch: str, spec: str, flag: str) -> WeightsSource:

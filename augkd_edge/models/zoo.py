@@ -1,4 +1,8 @@
-"""Teacher and student classifiers by torchvision name.
+"""Teacher and student classifiers by torchvision name, or ``timm:NAME`` for a timm model.
+
+timm models are built with ``pretrained=False`` (never a download) and their head sized through timm's own
+``num_classes``; timm is the optional extra ``augkd-edge[timm]`` because it brings the Hugging Face hub client
+and an HTTP stack that augkd-edge, which never downloads, does not use.
 
 Models start from scratch; pretrained weights (a torchvision weights name or a
 state_dict file) are loaded into them by ``augkd_edge.models.weights``. BatchNorm momentum is raised to 0.1
@@ -28,10 +32,17 @@ KNOWN_ARCHS = (
 )
 
 
+TIMM_PREFIX = "timm:"
+
+
 def head_name(model: "nn.Module") -> str:
-    """Dotted name of the classifier's last Linear layer: ``fc``, ``classifier`` or ``classifier.N``."""
+    """Dotted name of the classifier's last Linear layer: ``fc``, ``classifier`` or ``classifier.N``; a timm
+    model's from its ``pretrained_cfg`` (e.g. ``head.fc``)."""
     from torch import nn
 
+    timm_head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(timm_head, str) and isinstance(_get(model, timm_head), nn.Linear):
+        return timm_head
     if isinstance(getattr(model, "fc", None), nn.Linear):
         return "fc"
     head = getattr(model, "classifier", None)
@@ -42,6 +53,13 @@ def head_name(model: "nn.Module") -> str:
     if isinstance(head, nn.Linear):
         return "classifier"
     raise UserError(f"cannot find the classifier layer of {type(model).__name__} to resize it")
+
+
+def _get(model: "nn.Module", name: str) -> Any:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _replace_head(model: "nn.Module", num_classes: int) -> None:
@@ -61,9 +79,39 @@ def set_bn_momentum(model: "nn.Module", momentum: float) -> None:
             m.momentum = momentum
 
 
+def _timm_builder(arch: str) -> Any:
+    """``timm.create_model`` for ``timm:NAME`` (``pretrained=False``); UserError naming the extra or close names."""
+    import difflib
+
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"{arch}: timm models need the timm extra: pip install 'augkd-edge[timm]' "
+                        f"(or pip install timm).") from None
+    name = arch[len(TIMM_PREFIX):]
+    if not timm.is_model(name):
+        near = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise UserError(f"unknown architecture {arch!r}: timm has no model {name!r}"
+                        + (f"; did you mean {', '.join(TIMM_PREFIX + n for n in near)}?" if near else "")
+                        + " (all: timm.list_models()).")
+
+    def build(weights: None = None, num_classes: int = 1000) -> "nn.Module":
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+    return build
+
+
+def is_timm(arch: str) -> bool:
+    return arch.startswith(TIMM_PREFIX)
+
+
 def model_builder(arch: str) -> Any:
-    """torchvision's builder of ``arch``; UserError listing known names when there is none."""
+    """torchvision's builder of ``arch`` (or timm's for ``timm:NAME``); UserError listing known names when there
+    is none."""
     import torchvision
+
+    if is_timm(arch):
+        return _timm_builder(arch)
 
     try:
         return torchvision.models.get_model_builder(arch)
@@ -75,13 +123,16 @@ def model_builder(arch: str) -> Any:
 
 
 def build_classifier(arch: str, num_classes: int, bn_momentum: float = 0.1) -> "nn.Module":
-    """A torchvision classifier with ``num_classes`` outputs, randomly initialised.
+    """A torchvision (or timm) classifier with ``num_classes`` outputs, randomly initialised.
 
     Pretrained weights: ``augkd_edge.models.weights.initialise`` on the result.
     """
     if num_classes < 2:
         raise UserError(f"need at least 2 classes, got {num_classes}")
-    model = model_builder(arch)(weights=None)
-    _replace_head(model, num_classes)
+    if is_timm(arch):
+        model = model_builder(arch)(num_classes=num_classes)  # timm sizes its own head
+    else:
+        model = model_builder(arch)(weights=None)
+        _replace_head(model, num_classes)
     set_bn_momentum(model, bn_momentum)
     return model
