@@ -62,11 +62,12 @@ class PoolTerm:
         from augkd_edge.models.fold import folded_copy
 
         self.images, self.cfg, self.mode = images, cfg, mode
-        self.teacher = folded_copy(teacher) if teacher is not None and mode != "consistency" else None
         self.kd_weights = kd_weights
         self.mean, self.std, self.seed, self.augment, self.tau = tuple(mean), tuple(std), seed, augment, tau
         self.kd_scale = cfg.kd_weight if mode != "kd" else 1.0
         self.cons_scale = cfg.consistency_weight if mode != "kd" else 0.0
+        use_teacher = teacher is not None and mode != "consistency" and self.kd_scale > 0
+        self.teacher = folded_copy(teacher) if use_teacher else None  # no teacher pass for a term weighted 0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
