@@ -230,6 +230,8 @@ class DistillConfig:
     amp: str = "off"
     preset: str = "quick"
     out: str | None = None
+    # A folder for TensorBoard events mirroring metrics.jsonl (augkd_edge.tensorboard_log); None = none.
+    tensorboard: str | None = None
     # Unlabelled student-domain images: a folder (nested folders allowed, labels ignored), or the --target spec
     # itself for its held-out pool (augkd_edge.data.unlabelled); None = labelled images only.
     unlabelled: str | None = None

@@ -152,6 +152,19 @@ def load_stage_checkpoint(path: Path, stage_name: str, fingerprint: str | None) 
     return ckpt
 
 
+def learning_rates(stage: Stage) -> dict[str, float]:
+    """``lr_<part>``: the first parameter group's learning rate of each optimizer the stage holds (a dict of
+    optimizers, as Module 1's, gives ``lr_<key>``)."""
+    import torch
+
+    rates: dict[str, float] = {}
+    for name, part in stage.parts().items():
+        for key, opt in (part.items() if isinstance(part, dict) else [(name, part)]):
+            if isinstance(opt, torch.optim.Optimizer):
+                rates[f"lr_{key}"] = float(opt.param_groups[0]["lr"])
+    return rates
+
+
 def fit(
     stage: Stage,
     epochs: int,
@@ -204,10 +217,12 @@ def fit(
                 run.check_finite(stage.name, epoch, ckpt_path)  # never checkpoint NaN weights
                 run.clock(t0)
                 save(done=False)
+        rates = learning_rates(stage)  # as this epoch trained, before end_epoch steps the schedulers
         stage.end_epoch(epoch)
         # one host sync per epoch, not per step
         metrics = run.finish_epoch(stage.name, epoch, ckpt_path)
         metrics.update(stage.evaluate())
+        metrics.update(rates)
         metrics["epoch"] = epoch + 1
         run.add_epoch(stage, metrics)
         metrics["wall_s"] = round(run.clock(t0), 3)

@@ -162,7 +162,7 @@ def splits_step(run: Run) -> None:
     if cfg.unlabelled is not None:
         data["unlabelled"] = pool_step(run)
     prepare_run_dir(cfg, run.out_dir, run.resume)
-    run.log = MetricsLog(run.out_dir / "metrics.jsonl")
+    run.log = MetricsLog(run.out_dir / "metrics.jsonl", tensorboard=cfg.tensorboard if current().is_main else None)
     if current().is_main:
         save_splits(run.out_dir / "splits.json", {"student": run.splits}, data=data)
     idx = {k: torch.as_tensor(v, dtype=torch.long) for k, v in run.splits.items() if k != "pool"}
@@ -392,6 +392,7 @@ def _write_outputs(run: Run, results: dict[str, Any]) -> None:
     write_json(results, run.out_dir / "results.json")
     write_run_report(run.out_dir, results, run.history, run.domain.classes, run.x["train"], run.y["train"],
                      generator=run.generator, encoder=run.encoder, anchor=run.anchor, cfg=cfg)
+    run.log.finish(run.out_dir / "images")
 
 
 def silent(_: str) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from augkd_edge.data import Domain
 
 # Where a run is and how it runs, not what it computes: may change on resume.
-RUN_ONLY_KEYS = ("out", "device")
+RUN_ONLY_KEYS = ("out", "device", "tensorboard")
 
 
 def _run_started(out_dir: Path) -> bool:
@@ -42,6 +42,11 @@ def check_run_dir(cfg: "DistillConfig", out_dir: Path, resume: bool) -> None:
     from augkd_edge.config import DistillConfig
 
     check_writable_dir(out_dir, "--out")
+    if cfg.tensorboard is not None:
+        from augkd_edge.tensorboard_log import _summary_writer
+
+        _summary_writer()  # the package is there
+        check_writable_dir(Path(cfg.tensorboard).expanduser(), "--tensorboard")
     cfg_path = out_dir / "config.json"
     if not cfg_path.exists() or not _run_started(out_dir):
         if resume and not cfg_path.exists():

@@ -52,7 +52,7 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cmd(teacher: Path, out: Path, resume: bool) -> list[str]:
     return [sys.executable, "-m", "augkd_edge.cli", "distill", *ARGS, "--teacher", str(teacher), "--out", str(out),
-            *(["--resume"] if resume else [])]
+            "--tensorboard", str(out / "tb"), *(["--resume"] if resume else [])]
 
 
 def _env() -> dict[str, str]:
@@ -91,6 +91,15 @@ def _kill_in(stage: str, teacher: Path, out: Path, resume: bool, rng: random.Ran
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return f"{stage} step>={target}"
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of ``tag`` read back by tensorboard's own EventAccumulator (which applies purge_step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 def _student_state(out: Path) -> dict[str, torch.Tensor]:
@@ -137,6 +146,11 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted(tmp_path: Path, teac
             for stage, (_, _, epochs) in MODULES.items():
                 logged = [r["epoch"] for r in records if r["stage"] == stage]
                 assert logged == list(range(1, epochs + 1)), f"trial {trial}, kills {kills}: {stage} epochs {logged}"
+                # TensorBoard, as its own reader sees it: each epoch once, the metrics.jsonl values
+                shown = tensorboard_scalars(out / "tb" / stage, "train/loss")
+                assert [step for step, _ in shown] == logged, f"trial {trial}, kills {kills}: {stage} events {shown}"
+                assert [v for _, v in shown] == pytest.approx([r["train_loss"] for r in records
+                                                               if r["stage"] == stage], rel=1e-6)
                 ref_hist = [r for r in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())
                             if r["stage"] == stage]
                 got = [r for r in records if r["stage"] == stage]

@@ -172,6 +172,9 @@ def _latest_run(root: Path) -> Path | None:
               help="Continue the run in --out (default: the newest runs/distill-*) from its last checkpoints.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default="~/.cache/augkd-edge", show_default=True,
               help="Where trained teachers are cached, keyed by their configuration.")
+@click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
+              help="Also write every stage's losses, eval metrics and learning rates, and the report's images, as "
+                   "TensorBoard events in this folder (tensorboard --logdir DIR); needs the tensorboard extra.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_hyperparameter_options
 def command(preset: str, checkpoint_every: int, deterministic: bool, config_file: str | None, out_dir: str | None,
