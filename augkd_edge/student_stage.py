@@ -178,8 +178,11 @@ class StudentStage(NamedState):
     def evaluate(self) -> dict[str, float]:
         if self.recompute_bn:
             recompute_bn_stats(self.student, self.train_x, self.mean, self.std)
-        return classifier_metrics(self.student, self.eval_x, self.eval_y, self.mean, self.std)
+        metrics = classifier_metrics(self.student, self.eval_x, self.eval_y, self.mean, self.std)
+        if self.pool is not None:
+            self.pool.observe(metrics["eval_top1"])  # the pool's kd_gate "better" reads it next epoch
+        return metrics
 
     def parts(self) -> dict[str, Any]:
         return {"student": self.student, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                "scaler": self.precision}
+                "scaler": self.precision, **({"pool": self.pool} if self.pool is not None else {})}

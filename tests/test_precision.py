@@ -57,7 +57,8 @@ def test_off_is_the_float32_path() -> None:
     from augkd_edge.data import normalize
     from augkd_edge.losses import mixup_distill_loss
 
-    x, y, _, _ = batch
+    x, y, _, _, views = batch
+    assert views is None  # no --unlabelled pool
     inputs = normalize(x, b.mean, b.std)
     with torch.no_grad():
         t = b.teacher(inputs)

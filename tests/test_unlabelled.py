@@ -74,6 +74,26 @@ def test_pool_loss_is_weighted_kd_plus_masked_consistency() -> None:
     assert "pool_kd" not in only and float(only["pool_mask"]) == 1.0 and float(total_c) > 0
 
 
+def test_better_gate_follows_the_student_past_the_teacher() -> None:
+    w = torch.tensor([1.0, 1.0, 1.0])
+    term = PoolTerm(torch.rand(3, 3, 8, 8), PoolConfig(kd_gate="better"), "kd+consistency", teacher=tiny_net(3),
+                    kd_weights=w, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, augment=None, tau=2.0,
+                    teacher_top1=0.8, num_classes=10)
+    assert term.gate() == pytest.approx((0.8 - 0.1) / 0.9)  # before any evaluation: the chance-corrected trust
+    term.observe(0.5)
+    assert term.gate() == pytest.approx(0.6)  # the teacher could mend 0.3 of the student's 0.5 errors
+    weak, teacher = torch.zeros(3, 3), torch.eye(3) * 3
+    _, stats = term.loss(weak, weak, teacher, torch.arange(3))
+    assert float(stats["pool_kd_w"]) == pytest.approx(0.6) and float(stats["pool_gate"]) == pytest.approx(0.6)
+    term.observe(0.85)
+    assert term.gate() == 0.0  # the student beats the teacher: no KD on the pool
+    saved = term.state_dict()
+    term.observe(0.2)
+    term.load_state_dict(saved)
+    assert term.gate() == 0.0  # a resumed epoch gates as the uninterrupted one
+    assert _term("kd+consistency", w).gate() == 1.0 and _term("kd", w, kd_gate="better").gate() == 1.0
+
+
 def test_pool_views_are_seeded_by_epoch() -> None:
     term = _term("consistency", None, ratio=2)
     a = term.views(4, term.generator(3), torch.device("cpu"))
@@ -98,8 +118,8 @@ def test_held_out_pool_is_half_of_each_class_test_images_and_disjoint() -> None:
 
 
 def test_content_hashes_see_pixels_not_files() -> None:
-    x = torch.rand(2, 3, 4, 4)
-    same = x + 1e-4  # the same 8-bit image
+    x = torch.randint(0, 255, (2, 3, 4, 4)) / 255.0  # 8-bit images, as decoded
+    same = x + 1e-4  # another decode of the same file (float noise well inside one 8-bit step)
     other = x.clone()
     other[0, 0, 0, 0] = (other[0, 0, 0, 0] + 0.5) % 1.0
     assert content_hashes(x) == content_hashes(same)

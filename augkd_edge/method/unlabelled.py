@@ -14,7 +14,10 @@ The teacher's per-image weight ``w_i = r * c_i`` turns a teacher that is wrong o
 the (unaugmented) pool image and m, s the median and standard deviation of its energies on the labelled
 training images it labels right: as sure as where it is right gives c >= 0.5, far less sure gives c -> 0
 (:func:`certainty_weights`). ``kd_gate="agree"`` also zeroes w_i where the teacher's and the student's top-1
-on the weak view differ. The terms a method uses are ``config.METHODS``' ``pool``: ``kd+consistency``
+on the weak view differ; ``kd_gate="better"`` scales every w_i by how far the teacher beats the student on the eval
+split, ``g = clip((a_T - a_S) / (1 - a_S), 0, 1)`` with a_T the teacher's top-1 on the eval split's raw images and a_S
+the student's after the previous epoch (chance before the first one, so g starts at r): a teacher worse than the
+student would pull it down to its own accuracy on a transfer set this large (:meth:`PoolTerm.gate`). The terms a method uses are ``config.METHODS``' ``pool``: ``kd+consistency``
 (augkd and its ablations), ``consistency`` (``self-train``: no teacher), ``kd`` (``kd-unlabelled``: Hinton's
 transfer set, w_i = 1, no consistency). docs/method.md, "Unlabelled images".
 """
@@ -53,8 +56,9 @@ class PoolTerm:
 
     def __init__(self, images: torch.Tensor, cfg: PoolConfig, mode: str, *, teacher: nn.Module | None,
                  kd_weights: torch.Tensor | None, mean: Sequence[float], std: Sequence[float], seed: int,
-                 augment: Augment | None, tau: float):
-        """``kd_weights``: w_i per pool image (None for ``consistency``); ``teacher``: needed unless ``consistency``."""
+                 augment: Augment | None, tau: float, teacher_top1: float = 1.0, num_classes: int = 2):
+        """``kd_weights``: w_i per pool image (None for ``consistency``); ``teacher``: needed unless ``consistency``;
+        ``teacher_top1``: a_T of ``kd_gate="better"`` (the teacher's eval-split top-1)."""
         if mode not in POOL_MODES:
             raise ValueError(f"pool mode must be one of {POOL_MODES}, got {mode!r}")
         if mode != "consistency" and (teacher is None or kd_weights is None):
@@ -68,6 +72,28 @@ class PoolTerm:
         self.cons_scale = cfg.consistency_weight if mode != "kd" else 0.0
         use_teacher = teacher is not None and mode != "consistency" and self.kd_scale > 0
         self.teacher = folded_copy(teacher) if use_teacher else None  # no teacher pass for a term weighted 0
+        self.teacher_top1 = teacher_top1
+        self.student_top1 = 1.0 / num_classes  # chance, until the stage's first evaluation (observe)
+
+    def observe(self, student_top1: float) -> None:
+        """The student's eval-split top-1 after an epoch: a_S of the next epoch's :meth:`gate`."""
+        self.student_top1 = float(student_top1)
+
+    def gate(self) -> float:
+        """``kd_gate="better"``'s g = clip((a_T - a_S) / (1 - a_S), 0, 1): the share of the student's remaining
+        errors the teacher could mend; 0 once the student is as good (1 for the other gates)."""
+        if self.cfg.kd_gate != "better" or self.mode == "kd":
+            return 1.0
+        if self.student_top1 >= 1.0:
+            return 0.0
+        return min(1.0, max(0.0, (self.teacher_top1 - self.student_top1) / (1.0 - self.student_top1)))
+
+    def state_dict(self) -> dict[str, float]:
+        """What a checkpoint keeps (a resumed epoch gates as the uninterrupted one)."""
+        return {"student_top1": self.student_top1}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.student_top1 = float(state["student_top1"])
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -103,11 +129,13 @@ class PoolTerm:
                 w = self.kd_weights[idx].to(weak_logits.device, weak_logits.dtype)
             if self.cfg.kd_gate == "agree" and self.mode != "kd":
                 w = w * (teacher_logits.argmax(1) == weak_logits.detach().argmax(1)).to(w.dtype)
+            w = w * self.gate()
             kl = F.kl_div(F.log_softmax(weak_logits / self.tau, 1), F.log_softmax(teacher_logits / self.tau, 1),
                           log_target=True, reduction="none").sum(1) * self.tau**2
             kd = (w * kl).mean()
             total = total + self.kd_scale * kd
-            stats |= {"pool_kd": kd.detach(), "pool_kd_w": w.mean().detach()}
+            stats |= {"pool_kd": kd.detach(), "pool_kd_w": w.mean().detach(),
+                      "pool_gate": weak_logits.new_tensor(self.gate())}
         if self.cons_scale > 0:
             probs = weak_logits.detach().softmax(1)
             conf, pseudo = probs.max(1)
@@ -140,4 +168,5 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
         run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4)}
     return PoolTerm(run.pool.images, run.cfg.pool, mode, teacher=run.teacher, kd_weights=weights,
                     mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
-                    tau=run.cfg.mixup.tau)
+                    tau=run.cfg.mixup.tau, teacher_top1=float(run.teacher_student["eval"]["top1"]),
+                    num_classes=len(run.domain.classes))
