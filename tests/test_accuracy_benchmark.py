@@ -156,3 +156,31 @@ def test_folder_setting_is_written_once_and_read_through_the_image_folder_loader
 
     with Image.open(domain.files[0]) as image:
         assert image.size == (8, 8)
+
+
+def _entry(top1: float, n: int = 2) -> dict:
+    return {"top1_mean": top1, "top1_std": 0.01, "eval_top1_mean": top1, "n_seeds": n}
+
+
+def test_unlabelled_report_sets_labelled_only_beside_the_pool_and_judges_the_targets() -> None:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "unlabelled_report.py"
+    spec = importlib.util.spec_from_file_location("unlabelled_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    dom = {"student_data": "digits:optdigits"}
+    result = {"command": "x", "settings": [
+        {"name": "mnist->optdigits labelled-only", "config": dom, "methods": {"augkd": _entry(0.92)}},
+        {"name": "mnist->optdigits +unlabelled (all)", "config": dom,
+         "methods": {"augkd": _entry(0.94), "self-train": _entry(0.95), "kd-unlabelled": _entry(0.84)}},
+        {"name": "mnist->optdigits +unlabelled (all), kd_gate better", "config": dom,
+         "methods": {"augkd": _entry(0.955)}},
+        {"name": "mnist->optdigits supervised ceiling", "config": dom, "methods": {"no-kd": _entry(0.98)}},
+    ]}
+    default = report.markdown(result, None)
+    assert "| labelled-only | augkd | 0.9200 +- 0.0100 | 0.9200 | 2 |" in default
+    assert "- AuG-KD + pool - AuG-KD labelled-only: +2.00 points (target >= +3): MISS" in default
+    assert "- AuG-KD + pool - self-train: -1.00 points (target: beats): MISS" in default
+    better = report.markdown(result, "kd_gate better")
+    assert "labelled-only: +3.50 points (target >= +3): PASS" in better
+    assert "- supervised ceiling - AuG-KD + pool: 2.50 points (target <= 2): MISS" in better
+    assert "- AuG-KD + pool - kd-unlabelled: +11.50 points (target: beats): PASS" in better
