@@ -166,7 +166,8 @@ def test_folder_pool_drops_copies_of_test_images_names_them_and_skips_bad_files(
     warning = [line for line in res.stderr.splitlines() if "copies of eval/test images" in line]
     assert len(warning) == 1 and "6 unlabelled images" in warning[0] and summary["leaked_examples"][0] in warning[0]
     assert 0.0 <= summary["kd_trust"] <= 1.0 and 0.0 <= summary["kd_weight_mean"] <= 1.0
-    assert f"unlabelled {pool} (folder): 6 images used, 10 dropped; terms kd+consistency" in (
+    assert summary["kd_gate"] == "better"
+    assert f"unlabelled {pool} (folder): 6 images used, 10 dropped; terms kd+consistency, teacher trust" in (
         out / "report.md").read_text()
     recorded = json.loads((out / "splits.json").read_text())["data"]["unlabelled"]
     assert recorded == {k: summary[k] for k in ("spec", "kind", "images", "sha256")}

@@ -183,5 +183,6 @@ def results_line(block: dict[str, Any] | None) -> str | None:
     line = (f"unlabelled {block['spec']} ({block['kind']}): {block['images']} images used"
             + (f", {dropped} dropped" if dropped else "") + f"; terms {block['terms']}")
     if "kd_trust" in block:
-        line += f", teacher trust {block['kd_trust']:.2f}, mean KD weight {block['kd_weight_mean']:.2f}"
+        line += (f", teacher trust {block['kd_trust']:.2f}, mean KD weight {block['kd_weight_mean']:.2f}"
+                 f" (gate {block.get('kd_gate', 'none')})")
     return line

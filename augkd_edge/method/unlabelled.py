@@ -165,7 +165,8 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
         right = logits.argmax(1).cpu() == run.y["train"]
         pool_energy = energy(predict_logits(run.teacher, run.pool.images, common["mean"], common["std"])).cpu()
         weights = certainty_weights(pool_energy, energy(logits).cpu()[right], trust)
-        run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4)}
+        run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4),
+                                  "kd_gate": run.cfg.pool.kd_gate if mode != "kd" else "none"}
     return PoolTerm(run.pool.images, run.cfg.pool, mode, teacher=run.teacher, kd_weights=weights,
                     mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
                     tau=run.cfg.mixup.tau, teacher_top1=float(run.teacher_student["eval"]["top1"]),
