@@ -86,7 +86,10 @@ def test_better_gate_follows_the_student_past_the_teacher() -> None:
     _, stats = term.loss(weak, weak, teacher, torch.arange(3))
     assert float(stats["pool_kd_w"]) == pytest.approx(0.6) and float(stats["pool_gate"]) == pytest.approx(0.6)
     term.observe(0.85)
-    assert term.gate() == 0.0  # the student beats the teacher: no KD on the pool
+    assert term.gate() == 0.0  # the student beats the teacher: no KD on the pool, and no teacher pass
+    assert term.teacher_logits(torch.rand(2, 3, 8, 8)) is None
+    total, shut = term.loss(weak, weak, None, torch.arange(3))
+    assert float(shut["pool_kd"]) == 0.0 and float(shut["pool_gate"]) == 0.0 and "pool_cons" in shut
     saved = term.state_dict()
     term.observe(0.2)
     term.load_state_dict(saved)

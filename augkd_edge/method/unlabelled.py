@@ -115,7 +115,11 @@ class PoolTerm:
 
     @torch.no_grad()
     def teacher_logits(self, weak: torch.Tensor) -> torch.Tensor | None:
-        return self.teacher(weak).float() if self.teacher is not None else None
+        """The teacher on the weak views; None without a teacher term or while the gate is shut (no wasted pass:
+        a term weighted 0 adds exactly nothing to the loss or its gradients)."""
+        if self.teacher is None or self.gate() == 0.0:
+            return None
+        return self.teacher(weak).float()
 
     def loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
              idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -136,6 +140,8 @@ class PoolTerm:
             total = total + self.kd_scale * kd
             stats |= {"pool_kd": kd.detach(), "pool_kd_w": w.mean().detach(),
                       "pool_gate": weak_logits.new_tensor(self.gate())}
+        elif self.teacher is not None:  # the gate is shut: the same metrics, all 0
+            stats |= {key: weak_logits.new_zeros(()) for key in ("pool_kd", "pool_kd_w", "pool_gate")}
         if self.cons_scale > 0:
             probs = weak_logits.detach().softmax(1)
             conf, pseudo = probs.max(1)
