@@ -39,7 +39,7 @@ ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
 ANCHOR_CERTAINTY = ("label", "all")  # the bounded objective's energy: the label's, or over all classes
 TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
 ANCHOR_SHARE = ("measured", "full")  # method/mixup.py: the anchor's share of Module 3's mixtures
-KD_GATES = ("none", "agree", "better")  # method/unlabelled.py: which pool images keep the teacher's KD term
+KD_GATES = ("none", "agree", "better", "where-sure")  # method/unlabelled.py: which pool images keep the teacher's KD term
 
 
 @dataclasses.dataclass

@@ -179,8 +179,13 @@ class StudentStage(NamedState):
         if self.recompute_bn:
             recompute_bn_stats(self.student, self.train_x, self.mean, self.std)
         metrics = classifier_metrics(self.student, self.eval_x, self.eval_y, self.mean, self.std)
-        if self.pool is not None:
-            self.pool.observe(metrics["eval_top1"])  # the pool's kd_gate "better" reads it next epoch
+        if self.pool is not None:  # the pool's kd_gate reads it next epoch
+            right = None
+            if self.pool.needs_eval_right:
+                from augkd_edge.evaluate import predict_logits
+
+                right = predict_logits(self.student, self.eval_x, self.mean, self.std).argmax(1).cpu() == self.eval_y.cpu()
+            self.pool.observe(metrics["eval_top1"], right)
         return metrics
 
     def parts(self) -> dict[str, Any]:

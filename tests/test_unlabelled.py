@@ -98,6 +98,29 @@ def test_better_gate_follows_the_student_past_the_teacher() -> None:
     assert PoolConfig().kd_gate == "better"  # the default, chosen by the suite (docs/method.md)
 
 
+def test_where_sure_gate_compares_teacher_and_student_where_the_teacher_is_sure() -> None:
+    # eval images 0-1: the teacher is sure and right; 2-3: unsure and wrong (overall 0.5, sure-weighted 0.9)
+    certainty = torch.tensor([0.9, 0.9, 0.1, 0.1])
+    right = torch.tensor([True, True, False, False])
+    term = PoolTerm(torch.rand(3, 3, 8, 8), PoolConfig(kd_gate="where-sure"), "kd+consistency", teacher=tiny_net(3),
+                    kd_weights=torch.ones(3), mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, augment=None, tau=2.0,
+                    teacher_top1=0.5, num_classes=10, eval_certainty=certainty, teacher_eval_right=right)
+    assert term.gate() == pytest.approx((0.9 - 0.1) / 0.9)  # before any evaluation the student is at chance
+    term.observe(0.5, torch.tensor([False, False, True, True]))  # as good overall, wrong where the teacher is sure
+    assert term.gate() == pytest.approx((0.9 - 0.1) / 0.9)  # "better" would shut here: 0.5 vs 0.5
+    term.observe(0.5, torch.tensor([True, False, True, False]))
+    assert term.gate() == pytest.approx((0.9 - 0.5) / 0.5)
+    term.observe(0.5, torch.tensor([True, True, False, False]))
+    assert term.gate() == 0.0
+    state = term.state_dict()
+    term.observe(0.0, torch.zeros(4, dtype=torch.bool))
+    term.load_state_dict(state)
+    assert term.gate() == 0.0
+    with pytest.raises(ValueError, match="where-sure needs"):
+        PoolTerm(torch.rand(3, 3, 8, 8), PoolConfig(kd_gate="where-sure"), "kd+consistency", teacher=tiny_net(3),
+                 kd_weights=torch.ones(3), mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, augment=None, tau=2.0)
+
+
 def test_pool_views_are_seeded_by_epoch() -> None:
     term = _term("consistency", None, ratio=2)
     a = term.views(4, term.generator(3), torch.device("cpu"))

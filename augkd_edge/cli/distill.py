@@ -88,7 +88,8 @@ HELP = {
     "pool.ratio": "Unlabelled images per labelled image in each training step.",
     "pool.kd_weight": "Weight of the teacher's soft labels on unlabelled images (per image: trust x certainty).",
     "pool.kd_gate": "none: KD on every unlabelled image; agree: only where teacher and student agree on the top-1; "
-                    "better: only as far as the teacher's eval top-1 beats the student's (measured every epoch).",
+                    "better: only as far as the teacher's eval top-1 beats the student's (measured every epoch); "
+                    "where-sure: the same on the eval images weighted by the teacher's certainty.",
     "pool.consistency_weight": "Weight of the FixMatch term: the student's confident weak-view label on a strong view.",
     "pool.threshold": "FixMatch confidence threshold on the student's weak-view softmax.",
     "pool.use_labels": "Benchmark only: train on the held-out pool's true labels (the fully supervised ceiling).",

@@ -17,7 +17,10 @@ training images it labels right: as sure as where it is right gives c >= 0.5, fa
 on the weak view differ; ``kd_gate="better"`` scales every w_i by how far the teacher beats the student on the eval
 split, ``g = clip((a_T - a_S) / (1 - a_S), 0, 1)`` with a_T the teacher's top-1 on the eval split's raw images and a_S
 the student's after the previous epoch (chance before the first one, so g starts at r): a teacher worse than the
-student would pull it down to its own accuracy on a transfer set this large (:meth:`PoolTerm.gate`). The terms a method uses are ``config.METHODS``' ``pool``: ``kd+consistency``
+student would pull it down to its own accuracy on a transfer set this large (:meth:`PoolTerm.gate`).
+``kd_gate="where-sure"`` compares the two where the teacher would teach: a_T and a_S are the accuracies on the eval
+images weighted by the teacher's certainty c_i on them (a teacher poor overall can still beat the student on the
+images it is sure of). The terms a method uses are ``config.METHODS``' ``pool``: ``kd+consistency``
 (augkd and its ablations), ``consistency`` (``self-train``: no teacher), ``kd`` (``kd-unlabelled``: Hinton's
 transfer set, w_i = 1, no consistency). docs/method.md, "Unlabelled images".
 """
@@ -56,9 +59,11 @@ class PoolTerm:
 
     def __init__(self, images: torch.Tensor, cfg: PoolConfig, mode: str, *, teacher: nn.Module | None,
                  kd_weights: torch.Tensor | None, mean: Sequence[float], std: Sequence[float], seed: int,
-                 augment: Augment | None, tau: float, teacher_top1: float = 1.0, num_classes: int = 2):
+                 augment: Augment | None, tau: float, teacher_top1: float = 1.0, num_classes: int = 2,
+                 eval_certainty: torch.Tensor | None = None, teacher_eval_right: torch.Tensor | None = None):
         """``kd_weights``: w_i per pool image (None for ``consistency``); ``teacher``: needed unless ``consistency``;
-        ``teacher_top1``: a_T of ``kd_gate="better"`` (the teacher's eval-split top-1)."""
+        ``teacher_top1``: a_T of ``kd_gate="better"`` (the teacher's eval-split top-1); ``eval_certainty`` and
+        ``teacher_eval_right``: the teacher's c_i and correctness on the eval images (``kd_gate="where-sure"``)."""
         if mode not in POOL_MODES:
             raise ValueError(f"pool mode must be one of {POOL_MODES}, got {mode!r}")
         if mode != "consistency" and (teacher is None or kd_weights is None):
@@ -72,28 +77,53 @@ class PoolTerm:
         self.cons_scale = cfg.consistency_weight if mode != "kd" else 0.0
         use_teacher = teacher is not None and mode != "consistency" and self.kd_scale > 0
         self.teacher = folded_copy(teacher) if use_teacher else None  # no teacher pass for a term weighted 0
-        self.teacher_top1 = teacher_top1
-        self.student_top1 = 1.0 / num_classes  # chance, until the stage's first evaluation (observe)
+        self.teacher_top1, self.chance = teacher_top1, 1.0 / num_classes
+        self.student_top1 = self.chance  # chance, until the stage's first evaluation (observe)
+        self.eval_certainty, self.teacher_eval_right = eval_certainty, teacher_eval_right
+        self.student_eval_right: torch.Tensor | None = None
+        if cfg.kd_gate == "where-sure" and mode != "kd" and teacher is not None and eval_certainty is None:
+            raise ValueError("kd_gate where-sure needs the teacher's certainty and correctness on the eval images")
 
-    def observe(self, student_top1: float) -> None:
-        """The student's eval-split top-1 after an epoch: a_S of the next epoch's :meth:`gate`."""
+    @property
+    def needs_eval_right(self) -> bool:
+        return self.cfg.kd_gate == "where-sure" and self.mode != "kd"
+
+    def observe(self, student_top1: float, student_right: torch.Tensor | None = None) -> None:
+        """The student's eval-split top-1 (and, for ``where-sure``, which eval images it gets right) after an
+        epoch: a_S of the next epoch's :meth:`gate`."""
         self.student_top1 = float(student_top1)
+        if student_right is not None:
+            self.student_eval_right = student_right.float().cpu()
+
+    def _accuracies(self) -> tuple[float, float]:
+        """(a_T, a_S) of the gate: plain eval top-1, or certainty-weighted over the eval images (where-sure)."""
+        if not self.needs_eval_right:
+            return self.teacher_top1, self.student_top1
+        c = self.eval_certainty.float().cpu()
+        total = float(c.sum())
+        if total <= 0.0:
+            return 0.0, self.student_top1  # sure of nothing: it teaches nothing
+        a_t = float((c * self.teacher_eval_right.float().cpu()).sum()) / total
+        a_s = self.chance if self.student_eval_right is None else float((c * self.student_eval_right).sum()) / total
+        return a_t, a_s
 
     def gate(self) -> float:
         """``kd_gate="better"``'s g = clip((a_T - a_S) / (1 - a_S), 0, 1): the share of the student's remaining
         errors the teacher could mend; 0 once the student is as good (1 for the other gates)."""
-        if self.cfg.kd_gate != "better" or self.mode == "kd":
+        if self.cfg.kd_gate not in ("better", "where-sure") or self.mode == "kd":
             return 1.0
-        if self.student_top1 >= 1.0:
+        a_t, a_s = self._accuracies()
+        if a_s >= 1.0:
             return 0.0
-        return min(1.0, max(0.0, (self.teacher_top1 - self.student_top1) / (1.0 - self.student_top1)))
+        return min(1.0, max(0.0, (a_t - a_s) / (1.0 - a_s)))
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (a resumed epoch gates as the uninterrupted one)."""
-        return {"student_top1": self.student_top1}
+        return {"student_top1": self.student_top1, "student_eval_right": self.student_eval_right}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student_top1 = float(state["student_top1"])
+        self.student_eval_right = state.get("student_eval_right")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -165,15 +195,18 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
     if run.pool is None or len(run.pool) == 0 or mode == "none" or run.cfg.pool.use_labels:
         return None  # no pool, a method without pool terms, the supervised ceiling, or a pool held out unused
     common = run.common()
-    weights = None
+    weights = eval_certainty = eval_right = None
     if mode != "consistency":
         logits = predict_logits(run.teacher, run.x["train"], common["mean"], common["std"])
         right = logits.argmax(1).cpu() == run.y["train"]
         pool_energy = energy(predict_logits(run.teacher, run.pool.images, common["mean"], common["std"])).cpu()
         weights = certainty_weights(pool_energy, energy(logits).cpu()[right], trust)
+        eval_logits = predict_logits(run.teacher, run.x["eval"], common["mean"], common["std"]).cpu()
+        eval_certainty = certainty_weights(energy(eval_logits), energy(logits).cpu()[right], 1.0)
+        eval_right = eval_logits.argmax(1) == run.y["eval"]
         run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4),
                                   "kd_gate": run.cfg.pool.kd_gate if mode != "kd" else "none"}
     return PoolTerm(run.pool.images, run.cfg.pool, mode, teacher=run.teacher, kd_weights=weights,
                     mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
                     tau=run.cfg.mixup.tau, teacher_top1=float(run.teacher_student["eval"]["top1"]),
-                    num_classes=len(run.domain.classes))
+                    num_classes=len(run.domain.classes), eval_certainty=eval_certainty, teacher_eval_right=eval_right)
