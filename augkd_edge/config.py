@@ -195,7 +195,7 @@ class PoolConfig:
     ratio: int = 4
     kd_weight: float = 1.0
     # "agree": KD only on pool images where the teacher's and the student's top-1 agree; "none": every image.
-    kd_gate: str = "better"
+    kd_gate: str = "where-sure"
     consistency_weight: float = 1.0
     # FixMatch's confidence threshold on the student's weak-view softmax.
     threshold: float = 0.95

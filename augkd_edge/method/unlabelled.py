@@ -81,12 +81,12 @@ class PoolTerm:
         self.student_top1 = self.chance  # chance, until the stage's first evaluation (observe)
         self.eval_certainty, self.teacher_eval_right = eval_certainty, teacher_eval_right
         self.student_eval_right: torch.Tensor | None = None
-        if cfg.kd_gate == "where-sure" and mode != "kd" and teacher is not None and eval_certainty is None:
+        if cfg.kd_gate == "where-sure" and mode == "kd+consistency" and eval_certainty is None:
             raise ValueError("kd_gate where-sure needs the teacher's certainty and correctness on the eval images")
 
     @property
     def needs_eval_right(self) -> bool:
-        return self.cfg.kd_gate == "where-sure" and self.mode != "kd"
+        return self.cfg.kd_gate == "where-sure" and self.mode == "kd+consistency"
 
     def observe(self, student_top1: float, student_right: torch.Tensor | None = None) -> None:
         """The student's eval-split top-1 (and, for ``where-sure``, which eval images it gets right) after an
