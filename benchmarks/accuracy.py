@@ -181,10 +181,11 @@ def summarise(per_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return methods
 
 
-def merge_settings(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_settings(parts: list[dict[str, Any]], union_seeds: bool = False) -> list[dict[str, Any]]:
     """The settings of several accuracy.json files, in order of first appearance; a setting in several files
-    takes each method's rows from the last file that ran it (e.g. AuG-KD rerun alone after a change to it), and
-    its auto row is derived again from the candidates' rows."""
+    takes each method's rows from the last file that ran it (e.g. AuG-KD rerun alone after a change to it), or with
+    ``union_seeds`` the union of their seeds (a later file's row for the same seed wins), summarised again; its
+    auto row is derived again from the candidates' rows."""
     merged: dict[str, dict[str, Any]] = {}
     for part in parts:
         for setting in part["settings"]:
@@ -192,19 +193,26 @@ def merge_settings(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 merged[setting["name"]] = {**setting, "methods": dict(setting["methods"])}
                 continue
             old = merged[setting["name"]]
-            old["methods"] = {**old["methods"], **setting["methods"]}
+            if union_seeds:
+                rows = {m: {r["seed"]: r for r in e["per_seed"]} for m, e in old["methods"].items() if m != "auto"}
+                for method, entry in setting["methods"].items():
+                    if method != "auto":
+                        rows.setdefault(method, {}).update({r["seed"]: r for r in entry["per_seed"]})
+                old["methods"] = summarise({m: [by[s] for s in sorted(by)] for m, by in rows.items()})
+            else:
+                old["methods"] = {**old["methods"], **setting["methods"]}
             old["teacher"] = setting["teacher"]
     for setting in merged.values():
         setting["methods"] = with_auto(setting["methods"])
     return list(merged.values())
 
 
-def merge(paths: list[str], out_dir: Path, note: str = "") -> int:
-    """One accuracy.json/.md from several (settings in file order, methods from the last file that has them;
-    commands joined)."""
+def merge(paths: list[str], out_dir: Path, note: str = "", union_seeds: bool = False) -> int:
+    """One accuracy.json/.md from several (settings in file order, methods from the last file that has them, or
+    with ``union_seeds`` every file's seeds; commands joined)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     result = {**parts[0], "command": " && ".join(p["command"] for p in parts),
-              "wall_s": sum(p["wall_s"] for p in parts), "settings": merge_settings(parts)}
+              "wall_s": sum(p["wall_s"] for p in parts), "settings": merge_settings(parts, union_seeds)}
     if note:
         result["note"] = note
     result["eval_selected"] = eval_selected(result["settings"])
@@ -236,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge", nargs="+", metavar="ACCURACY_JSON",
                         help="only combine the settings of these accuracy.json files (e.g. from runs made in "
                              "parallel) into --out")
+    parser.add_argument("--merge-seeds", action="store_true",
+                        help="with --merge: a method in several files keeps the union of their seeds (e.g. seeds "
+                             "0-1 from one run and 2-4 from another) instead of the last file's rows")
     return parser
 
 
@@ -274,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, Path(args.out), args.note)
+        return merge(args.merge, Path(args.out), args.note, args.merge_seeds)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -184,3 +184,17 @@ def test_unlabelled_report_sets_labelled_only_beside_the_pool_and_judges_the_tar
     assert "labelled-only: +3.50 points (target >= +3): PASS" in better
     assert "- supervised ceiling - AuG-KD + pool: 2.50 points (target <= 2): MISS" in better
     assert "- AuG-KD + pool - kd-unlabelled: +11.50 points (target: beats): PASS" in better
+
+
+def test_merge_seeds_takes_the_union_of_the_files_seeds() -> None:
+    def part(rows: dict[str, list[tuple[int, float]]]) -> dict:
+        methods = {m: acc.summarise({m: [{"seed": s, "top1": v, "top3": 1.0, "top5": 1.0, "eval_top1": v,
+                                          "wall_s": 1.0} for s, v in r]})[m] for m, r in rows.items()}
+        return {"settings": [{"name": "x", "config": {}, "methods": methods, "teacher": {}}]}
+
+    a = part({"augkd": [(0, 0.8), (1, 0.9)], "kd": [(0, 0.5)]})
+    b = part({"augkd": [(2, 1.0), (1, 0.7)]})
+    merged = acc.merge_settings([a, b], union_seeds=True)[0]["methods"]
+    assert [r["seed"] for r in merged["augkd"]["per_seed"]] == [0, 1, 2]
+    assert merged["augkd"]["top1_mean"] == pytest.approx((0.8 + 0.7 + 1.0) / 3) and merged["kd"]["n_seeds"] == 1
+    assert acc.merge_settings([a, b])[0]["methods"]["augkd"]["n_seeds"] == 2  # default: the last file's rows
