@@ -154,11 +154,13 @@ def load_stage_checkpoint(path: Path, stage_name: str, fingerprint: str | None) 
 
 def learning_rates(stage: Stage) -> dict[str, float]:
     """``lr_<part>``: the first parameter group's learning rate of each optimizer the stage holds (a dict of
-    optimizers, as Module 1's, gives ``lr_<key>``)."""
+    optimizers, as Module 1's, gives ``lr_<key>``). A stage that is not a :class:`NamedState` keeps its
+    optimizers to itself (the Stage protocol does not expose them), so it logs none."""
     import torch
 
     rates: dict[str, float] = {}
-    for name, part in stage.parts().items():
+    parts = stage.parts() if isinstance(stage, NamedState) else {}
+    for name, part in parts.items():
         for key, opt in (part.items() if isinstance(part, dict) else [(name, part)]):
             if isinstance(opt, torch.optim.Optimizer):
                 rates[f"lr_{key}"] = float(opt.param_groups[0]["lr"])

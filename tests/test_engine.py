@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from augkd_edge.checkpoint import load_safe
-from augkd_edge.engine import TrainingDiverged, fit
+from augkd_edge.engine import NamedState, TrainingDiverged, fit
 from augkd_edge.evaluate import topk_accuracy
 from augkd_edge.metrics_log import MetricsLog
 from augkd_edge.errors import UserError
@@ -218,3 +218,20 @@ def test_prefetch_keeps_order_and_reraises() -> None:
     early = prefetch(iter(range(1000)), 2)
     assert next(early) == 0
     early.close()  # a consumer that stops early does not leave the producer blocked
+
+
+class NamedToy(NamedState, ToyStage):
+    """The toy stage with its state from named parts, as the real stages keep it: its optimizer is visible."""
+
+    best = ("model",)
+
+    def parts(self) -> dict[str, Any]:
+        return {"model": self.model, "opt": self.opt, "sched": self.sched}
+
+
+def test_learning_rate_of_each_epoch_is_logged_before_the_scheduler_steps(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    res = fit(NamedToy(lr=0.1), 3, tmp_path / "n.ckpt", progress=False)
+    assert [round(h["lr_opt"], 6) for h in res.history] == [0.1, 0.09, 0.081]
+    plain = fit(ToyStage(), 1, tmp_path / "p.ckpt", progress=False)  # no parts(): nothing to read, nothing logged
+    assert not any(k.startswith("lr_") for k in plain.history[0])
