@@ -77,10 +77,18 @@ def test_timm_student_distills_exports_with_parity_and_benches(tmp_path: Path) -
     assert json.loads((run / "results.json").read_text())["student_arch"] == SMALL
     # one epoch on 4 images leaves logits near 1e4 (BatchNorm statistics of a few images); float32 rounding then
     # reaches ~6e-5 of them, so this tiny student gets rtol 1e-4
-    res = cli("export", run, "--onnx", "--rtol", "1e-4", "--out", tmp_path / "exp")
+    # the INT8 gate and the TensorRT bundle as for a torchvision student: --max-drop 100 because one epoch on 4
+    # images leaves a student whose INT8 drop says nothing; the gate still measures and records it
+    res = cli("export", run, "--onnx", "--rtol", "1e-4", "--int8", "--calibration-size", "4", "--max-drop", "100",
+              "--trt", "--threads", "1", "--out", tmp_path / "exp")
     assert res.exit_code == 0, res.output
-    parity = json.loads((tmp_path / "exp" / "export.json").read_text())["parity"]
+    record = json.loads((tmp_path / "exp" / "export.json").read_text())
+    parity = record["parity"]
     assert parity["passed"] and parity["top1_agreement"] == 1.0
+    assert record["int8"]["accepted"] and record["int8"]["drop_points"] == pytest.approx(
+        100 * (record["int8"]["fp32_top1"] - record["int8"]["int8_top1"]))
+    support = record["tensorrt"]["op_support"]
+    assert support["ok"] and {"Conv", "HardSigmoid"} <= set(support["operators"])
     bench = cli("bench", "run", run / "student.pt", tmp_path / "exp" / "student.onnx", "--iters", "2",
                 "--eval", run, "--out", tmp_path / "bench")
     assert bench.exit_code == 0, bench.output
@@ -94,3 +102,33 @@ def test_sweep_accepts_timm_students() -> None:
     assert parse_students(f"resnet18,{SMALL}") == ["resnet18", SMALL]
     with pytest.raises(UserError, match="timm has no model"):
         parse_students("timm:nonexistent_net")
+
+
+@pytest.mark.parametrize("name", ["mobilenetv4_conv_small", "efficientnet_lite0", "ghostnet_100"])
+def test_timm_students_of_the_sweep_pass_the_tensorrt_op_check(tmp_path: Path, name: str) -> None:
+    from augkd_edge.export.onnx import export_onnx
+    from augkd_edge.export.trt_ops import check_tensorrt_support
+
+    export_onnx(build_classifier(f"timm:{name}", 10).eval(), tmp_path / "s.onnx", 32, opset=17)
+    report = check_tensorrt_support(tmp_path / "s.onnx")
+    assert report.ok, str(report)
+
+
+class _BitMask(torch.nn.Module):
+    """Keep the low 3 bits of an 8-level quantisation: ONNX BitwiseAnd, which TensorRT's ONNX parser lists as
+    unsupported."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bitwise_and((x * 8).to(torch.int32), 7).to(x.dtype) / 8
+
+
+def test_timm_student_with_an_op_tensorrt_cannot_parse_is_named(tmp_path: Path) -> None:
+    from augkd_edge.export.onnx import export_onnx
+    from augkd_edge.export.trt_ops import check_tensorrt_support
+
+    model = build_classifier(SMALL, 10).eval()
+    model.conv_stem = torch.nn.Sequential(model.conv_stem, _BitMask())
+    export_onnx(model, tmp_path / "s.onnx", 32, opset=18)
+    report = check_tensorrt_support(tmp_path / "s.onnx")
+    assert not report.ok and [o.op_type for o in report.offences] == ["BitwiseAnd"]
+    assert "BitwiseAnd" in str(report.offences[0])
