@@ -181,6 +181,20 @@ def summarise(per_method: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return methods
 
 
+def _seed_count(setting: dict[str, Any]) -> int:
+    return max((e.get("n_seeds", len(e.get("per_seed", []))) for m, e in setting["methods"].items() if m != "auto"),
+               default=0)
+
+
+def _pooled_teacher(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's test top-1 over the union of two files' seeds (each file's mean weighted by its seed count:
+    the test split, and so the teacher's score on it, differs per seed)."""
+    n_old, n_new = _seed_count(old), _seed_count(new)
+    a, b = old["teacher"]["top1_on_student_test"], new["teacher"]["top1_on_student_test"]
+    pooled = (a * n_old + b * n_new) / (n_old + n_new) if n_old + n_new else b
+    return {**new["teacher"], "top1_on_student_test": pooled}
+
+
 def merge_settings(parts: list[dict[str, Any]], union_seeds: bool = False) -> list[dict[str, Any]]:
     """The settings of several accuracy.json files, in order of first appearance; a setting in several files
     takes each method's rows from the last file that ran it (e.g. AuG-KD rerun alone after a change to it), or with
@@ -194,6 +208,7 @@ def merge_settings(parts: list[dict[str, Any]], union_seeds: bool = False) -> li
                 continue
             old = merged[setting["name"]]
             if union_seeds:
+                old["teacher"] = _pooled_teacher(old, setting)
                 rows = {m: {r["seed"]: r for r in e["per_seed"]} for m, e in old["methods"].items() if m != "auto"}
                 for method, entry in setting["methods"].items():
                     if method != "auto":
@@ -201,7 +216,7 @@ def merge_settings(parts: list[dict[str, Any]], union_seeds: bool = False) -> li
                 old["methods"] = summarise({m: [by[s] for s in sorted(by)] for m, by in rows.items()})
             else:
                 old["methods"] = {**old["methods"], **setting["methods"]}
-            old["teacher"] = setting["teacher"]
+                old["teacher"] = setting["teacher"]
     for setting in merged.values():
         setting["methods"] = with_auto(setting["methods"])
     return list(merged.values())

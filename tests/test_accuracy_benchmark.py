@@ -187,13 +187,18 @@ def test_unlabelled_report_sets_labelled_only_beside_the_pool_and_judges_the_tar
 
 
 def test_merge_seeds_takes_the_union_of_the_files_seeds() -> None:
-    def part(rows: dict[str, list[tuple[int, float]]]) -> dict:
+    def part(rows: dict[str, list[tuple[int, float]]], teacher: float) -> dict:
         methods = {m: acc.summarise({m: [{"seed": s, "top1": v, "top3": 1.0, "top5": 1.0, "eval_top1": v,
                                           "wall_s": 1.0} for s, v in r]})[m] for m, r in rows.items()}
-        return {"settings": [{"name": "x", "config": {}, "methods": methods, "teacher": {}}]}
+        return {"settings": [{"name": "x", "config": {}, "methods": methods,
+                              "teacher": {"top1_on_student_test": teacher, "own_eval_top1": 0.97}}]}
 
-    a = part({"augkd": [(0, 0.8), (1, 0.9)], "kd": [(0, 0.5)]})
-    b = part({"augkd": [(2, 1.0), (1, 0.7)]})
+    a = part({"augkd": [(0, 0.8), (1, 0.9)], "kd": [(0, 0.5)]}, 0.30)
+    b = part({"augkd": [(2, 1.0), (3, 0.7), (4, 0.6)]}, 0.40)
+    setting = acc.merge_settings([a, b], union_seeds=True)[0]
+    # the teacher's test top-1 is a mean over all five seeds' test splits, not the last file's
+    assert setting["teacher"]["top1_on_student_test"] == pytest.approx((2 * 0.30 + 3 * 0.40) / 5)
+    b = part({"augkd": [(2, 1.0), (1, 0.7)]}, 0.40)
     merged = acc.merge_settings([a, b], union_seeds=True)[0]["methods"]
     assert [r["seed"] for r in merged["augkd"]["per_seed"]] == [0, 1, 2]
     assert merged["augkd"]["top1_mean"] == pytest.approx((0.8 + 0.7 + 1.0) / 3) and merged["kd"]["n_seeds"] == 1
