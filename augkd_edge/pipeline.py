@@ -103,6 +103,18 @@ class Run:
     findings: list[str] = dataclasses.field(default_factory=list)
     wall: dict[str, float] = dataclasses.field(default_factory=dict)
     history: dict[str, list[dict[str, float]]] = dataclasses.field(default_factory=dict)
+    _teacher_logits: dict[str, "torch.Tensor"] = dataclasses.field(default_factory=dict)
+
+    def teacher_logits(self, split: str) -> "torch.Tensor":
+        """The fixed teacher's logits (on the CPU) on a split's images, or ``"pool"``'s: computed once per run, so
+        the uncertainty file, the pool's certainty weights and every auto candidate's pool term share one pass."""
+        if split not in self._teacher_logits:
+            from augkd_edge.evaluate import predict_logits
+
+            common = self.common()
+            images = self.pool.images if split == "pool" else self.x[split]
+            self._teacher_logits[split] = predict_logits(self.teacher, images, common["mean"], common["std"]).cpu()
+        return self._teacher_logits[split]
 
     def common(self) -> dict[str, Any]:
         """The keywords every stage takes."""
@@ -200,7 +212,7 @@ def teacher_step(run: Run) -> None:
     """The teacher (the user's, or trained here and cached), its accuracy and energy on the student domain."""
     from augkd_edge.distributed import current
     from augkd_edge import losses
-    from augkd_edge.evaluate import evaluate_classifier, predict_logits
+    from augkd_edge.evaluate import evaluate_classifier
     from augkd_edge.report import write_uncertainty
     from augkd_edge.teacher import obtain_teacher
 
@@ -213,8 +225,8 @@ def teacher_step(run: Run) -> None:
     run.teacher = teacher
     run.teacher_student = {split: evaluate_classifier(teacher, x[split], y[split], common["mean"], common["std"])
                            for split in ("eval", "test")}
-    logits = predict_logits(teacher, x["train"], common["mean"], common["std"])  # one pass for both
-    energy, preds = losses.energy(logits).cpu(), logits.argmax(dim=1).cpu()
+    logits = run.teacher_logits("train")  # one pass for both
+    energy, preds = losses.energy(logits), logits.argmax(dim=1)
     if current().is_main:
         write_uncertainty(run.out_dir / "uncertainty.json", energy, y["train"], preds, run.splits["train"],
                           run.domain.classes)

@@ -188,7 +188,6 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
     ``trust``: the teacher's reliability r on the eval split's raw images (1 with a fixed teacher trust).
     """
     from augkd_edge.config import METHODS
-    from augkd_edge.evaluate import predict_logits
     from augkd_edge.losses import energy
 
     mode = METHODS[method].pool
@@ -197,12 +196,11 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
     common = run.common()
     weights = eval_certainty = eval_right = None
     if mode != "consistency":
-        logits = predict_logits(run.teacher, run.x["train"], common["mean"], common["std"])
-        right = logits.argmax(1).cpu() == run.y["train"]
-        pool_energy = energy(predict_logits(run.teacher, run.pool.images, common["mean"], common["std"])).cpu()
-        weights = certainty_weights(pool_energy, energy(logits).cpu()[right], trust)
-        eval_logits = predict_logits(run.teacher, run.x["eval"], common["mean"], common["std"]).cpu()
-        eval_certainty = certainty_weights(energy(eval_logits), energy(logits).cpu()[right], 1.0)
+        logits = run.teacher_logits("train")
+        right = logits.argmax(1) == run.y["train"]
+        weights = certainty_weights(energy(run.teacher_logits("pool")), energy(logits)[right], trust)
+        eval_logits = run.teacher_logits("eval")
+        eval_certainty = certainty_weights(energy(eval_logits), energy(logits)[right], 1.0)
         eval_right = eval_logits.argmax(1) == run.y["eval"]
         run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4),
                                   "kd_gate": run.cfg.pool.kd_gate if mode != "kd" else "none"}
