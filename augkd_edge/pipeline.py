@@ -160,6 +160,7 @@ def splits_step(run: Run) -> None:
 
     from augkd_edge.data import check_same_classes, file_fingerprint, load_domain, make_augment, save_splits, student_split
     from augkd_edge.distributed import current
+    from augkd_edge.method.unlabelled import pool_step
     from augkd_edge.metrics_log import MetricsLog
     from augkd_edge.run_checks import check_inputs, check_same_data, prepare_run_dir
 
@@ -186,26 +187,6 @@ def splits_step(run: Run) -> None:
     run.augment = make_augment(run.domain.kind)
     run.echo(f"student domain {cfg.student_data}: {len(run.domain.classes)} classes, "
              + ", ".join(f"{k} {len(v)}" for k, v in run.splits.items()) + f"; device {run.device}")
-
-
-def pool_step(run: Run) -> dict[str, Any]:
-    """The --unlabelled pool (``data.unlabelled``): held out of the test split or read from a folder, deduplicated
-    against the splits, checked against a resumed run's; returns its fingerprint for splits.json."""
-    import warnings
-
-    from augkd_edge.data.unlabelled import check_same_pool, describe, hold_out, is_held_out, load_pool
-    from augkd_edge.errors import BadImageWarning
-    from augkd_edge.run_checks import recorded_data
-
-    if is_held_out(run.cfg):
-        run.splits = hold_out(run.splits, run.domain.labels, run.cfg.seed)
-    run.pool = load_pool(run.cfg, run.domain, run.splits)
-    check_same_pool(recorded_data(run.out_dir, "unlabelled"), run.pool)
-    line, leak = describe(run.pool)
-    run.echo(line)
-    if leak is not None:
-        warnings.warn(leak, BadImageWarning, stacklevel=2)
-    return run.pool.fingerprint()
 
 
 def teacher_step(run: Run) -> None:
@@ -342,6 +323,7 @@ def results_step(run: Run) -> dict[str, Any]:
     """The student's accuracy; results.json, student.pt and the run report (rank 0)."""
     from augkd_edge.distributed import current
     from augkd_edge.evaluate import evaluate_classifier
+    from augkd_edge.method.unlabelled import pool_results
 
     cfg, common, dist = run.cfg, run.common(), current()
     run.student.eval()
@@ -370,7 +352,7 @@ def results_step(run: Run) -> dict[str, Any]:
         "health_problems": run.findings,
         "anchor_share": run.anchor_share,
         "auto": run.auto,
-        "unlabelled": _pool_results(run),
+        "unlabelled": pool_results(run),
         "device": str(run.device),
         "processes": dist.world,
         "augkd_edge_version": __version__,
@@ -382,15 +364,6 @@ def results_step(run: Run) -> dict[str, Any]:
 
 # The steps of a run, in order; ``results_step`` ends it.
 STEPS = (splits_step, teacher_step, student_step, module1_step, module2_step, final_step)
-
-
-def _pool_results(run: Run) -> dict[str, Any] | None:
-    """results.json's ``unlabelled`` block: the pool, the terms the shipped method used, its KD weights."""
-    if run.pool is None:
-        return None
-    method = run.auto["chosen"] if run.auto else run.cfg.method
-    terms = "labels" if run.cfg.pool.use_labels else METHODS[method].pool if len(run.pool) else "none"
-    return {**run.pool.summary(), "terms": terms, **run.pool_stats.get(method, {})}
 
 
 def _write_outputs(run: Run, results: dict[str, Any]) -> None:

@@ -208,3 +208,34 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
                     mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
                     tau=run.cfg.mixup.tau, teacher_top1=float(run.teacher_student["eval"]["top1"]),
                     num_classes=len(run.domain.classes), eval_certainty=eval_certainty, teacher_eval_right=eval_right)
+
+
+def pool_step(run: Any) -> dict[str, Any]:
+    """The --unlabelled pool (``data.unlabelled``): held out of the test split or read from a folder, deduplicated
+    against the splits, checked against a resumed run's; returns its fingerprint for splits.json."""
+    import warnings
+
+    from augkd_edge.data.unlabelled import check_same_pool, describe, hold_out, is_held_out, load_pool
+    from augkd_edge.errors import BadImageWarning
+    from augkd_edge.run_checks import recorded_data
+
+    if is_held_out(run.cfg):
+        run.splits = hold_out(run.splits, run.domain.labels, run.cfg.seed)
+    run.pool = load_pool(run.cfg, run.domain, run.splits)
+    check_same_pool(recorded_data(run.out_dir, "unlabelled"), run.pool)
+    line, leak = describe(run.pool)
+    run.echo(line)
+    if leak is not None:
+        warnings.warn(leak, BadImageWarning, stacklevel=2)
+    return run.pool.fingerprint()
+
+
+def pool_results(run: Any) -> dict[str, Any] | None:
+    """results.json's ``unlabelled`` block: the pool, the terms the shipped method used, its KD weights."""
+    from augkd_edge.config import METHODS
+
+    if run.pool is None:
+        return None
+    method = run.auto["chosen"] if run.auto else run.cfg.method
+    terms = "labels" if run.cfg.pool.use_labels else METHODS[method].pool if len(run.pool) else "none"
+    return {**run.pool.summary(), "terms": terms, **run.pool_stats.get(method, {})}
