@@ -1,4 +1,5 @@
-"""One interface over the runtimes a student is deployed on: PyTorch, ONNX Runtime, TensorRT.
+"""One interface over the runtimes a student is deployed on: PyTorch, ONNX Runtime, TensorRT, OpenVINO
+(``export/openvino.py``).
 
 Parity checks and latency measurement must not care which runtime answers, so
 each backend is a *runner* (the Polygraphy idea) with the same four calls:
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from augkd_edge.errors import UserError
+from augkd_edge.export.runner_base import Runner, _RunnerBase, check_images  # noqa: F401  (re-exported)
 from augkd_edge.export.trt_loader import import_tensorrt, load_engine
 
 if TYPE_CHECKING:
@@ -35,54 +37,6 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-@runtime_checkable
-class Runner(Protocol):
-    """What parity and latency code rely on; see the module docstring."""
-
-    name: str  # "torch" | "ort" | "trt"
-    device: str  # "cpu" | "cuda"
-    precision: str  # "fp32" | "fp16" | "int8"
-
-    def infer(self, x: np.ndarray) -> np.ndarray: ...
-
-    def prepare(self, x: np.ndarray) -> None: ...
-
-    def run(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def check_images(x: np.ndarray) -> np.ndarray:
-    """Refuse inputs that would silently give wrong logits (HWC, uint8, a missing batch axis)."""
-    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != 3:
-        shape = getattr(x, "shape", None)
-        raise ValueError(f"runner input must be a float32 NCHW array with 3 channels, got shape {shape}")
-    if x.dtype != np.float32:
-        raise ValueError(f"runner input must be float32 images in [0, 1], got dtype {x.dtype}")
-    return np.ascontiguousarray(x)
-
-
-class _RunnerBase:
-    """Context-manager support and the 'prepare before run' guard shared by all runners."""
-
-    name = ""
-    device = "cpu"
-    precision = "fp32"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _require_prepared(self, staged: Any) -> None:
-        if staged is None:
-            raise RuntimeError(f"{type(self).__name__}.run() called before prepare(x)")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, device={self.device!r}, precision={self.precision!r})"
 
 
 def _check_device(device: str) -> str:
@@ -345,17 +299,23 @@ def open_runner(
     threads: int | None = None,
     cuda_graphs: bool = False,
 ) -> Runner:
-    """The runner for a target: an ``nn.Module``, an ``.onnx`` file or a TensorRT engine file."""
+    """The runner for a target: an ``nn.Module``, an ``.onnx`` file, an OpenVINO IR ``.xml`` or a TensorRT engine.
+
+    For an IR, ``device`` is ``cpu`` or OpenVINO's own device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``)."""
     if not isinstance(target, (str, Path)):  # a module: keep torch unimported for file targets
         return TorchRunner(target, device=device, cuda_graphs=cuda_graphs)
     path = Path(target)
     if path.suffix == ".onnx":
         return OrtRunner(path, device=device, threads=threads)
+    if path.suffix == ".xml":
+        from augkd_edge.export.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, device=device, threads=threads)
     if path.suffix in ENGINE_SUFFIXES:
         if device != "cuda":
             raise UserError(f"{path}: a TensorRT engine runs on device='cuda' only.")
         return TrtRunner(path)
     raise UserError(
-        f"{path}: unknown model file type {path.suffix!r}; give an .onnx file or a TensorRT engine "
-        f"({', '.join(ENGINE_SUFFIXES)})."
+        f"{path}: unknown model file type {path.suffix!r}; give an .onnx file, an OpenVINO IR (.xml) or a "
+        f"TensorRT engine ({', '.join(ENGINE_SUFFIXES)})."
     )

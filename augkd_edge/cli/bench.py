@@ -1,4 +1,4 @@
-"""``augkd-edge bench``: latency reports for torch, ONNX Runtime and TensorRT, and
+"""``augkd-edge bench``: latency reports for torch, ONNX Runtime, OpenVINO and TensorRT, and
 ``augkd-edge bench compare`` across machines or builds.
 
 ``bench`` is a click group whose default subcommand is ``run``, so both
@@ -18,7 +18,7 @@ import click
 from augkd_edge.errors import UserError
 from augkd_edge.export import latency
 
-BACKENDS = ("torch", "ort", "trt")
+BACKENDS = ("torch", "ort", "trt", "openvino")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -52,6 +52,8 @@ def _backend_of(path: Path) -> str:
         return "ort"
     if path.suffix in ENGINE_SUFFIXES:
         return "trt"
+    if path.suffix == ".xml":
+        return "openvino"
     return "torch"  # a run folder or a model file
 
 
@@ -82,6 +84,18 @@ def _ort_target(path: Path, device: str, threads: int | None, input_size: int | 
     return Target(model=path.name, backend="ort", device=device, precision=onnx_precision(path),
                   input_size=size, info={"ort_threads": threads},
                   open=lambda: OrtRunner(path, device=device, threads=threads))
+
+
+def _openvino_target(path: Path, ov_device: str, threads: int | None, hint: str, input_size: int | None) -> Any:
+    from augkd_edge.export.latency import Target
+    from augkd_edge.export.openvino import OpenVinoRunner, ir_input_size, ir_precision
+
+    size = input_size or ir_input_size(path)
+    if size is None:
+        raise UserError(f"{path}: the input's spatial size is symbolic; give --input-size.")
+    return Target(model=path.name, backend="openvino", device=ov_device.lower(), precision=ir_precision(path),
+                  input_size=size, info={"openvino_threads": threads, "openvino_hint": hint},
+                  open=lambda: OpenVinoRunner(path, device=ov_device, threads=threads, hint=hint))
 
 
 def _trt_target(path: Path, input_size: int | None) -> Any:
@@ -146,9 +160,14 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 
 @command.command("run")
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--backend", "backends", default="torch,ort,trt", show_default=True,
+@click.option("--backend", "backends", default="torch,ort,trt,openvino", show_default=True,
               help="Backends to measure (comma list). Each MODEL belongs to one: a run folder or .pt -> torch, "
-                   ".onnx -> ort (FP32 or QDQ INT8), .engine/.plan -> trt; models of other backends are skipped.")
+                   ".onnx -> ort (FP32 or QDQ INT8), .engine/.plan -> trt, .xml (OpenVINO IR) -> openvino; "
+                   "models of other backends are skipped.")
+@click.option("--ov-device", default="CPU", show_default=True,
+              help="OpenVINO device for .xml models (CPU, GPU, NPU, AUTO; refused with the list when absent).")
+@click.option("--ov-hint", type=click.Choice(["LATENCY", "THROUGHPUT"]), default="LATENCY", show_default=True,
+              help="OpenVINO performance hint.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where torch and ONNX Runtime run (TensorRT is always cuda).")
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes (comma list).")
@@ -159,7 +178,7 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help=f"Time budget per cell instead of --iters (at least {latency.MIN_BUDGET_ITERS} samples).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch and ONNX Runtime (fix it for comparable numbers).")
+              help="CPU threads for torch, ONNX Runtime and OpenVINO (fix it for comparable numbers).")
 @click.option("--cuda-graphs", is_flag=True, help="Replay the torch model as a CUDA graph (--device cuda).")
 @click.option("--torch-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Precision of the torch model (fp16 needs --device cuda).")
@@ -173,8 +192,8 @@ def _gpus(device: str) -> list[dict[str, Any]]:
 @click.option("--label", default=None, help="Machine/build label stored in the report (no hostname is recorded).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for report.json, report.md and report.html.")
-def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warmup: int, iters: int | None,
-        seconds: float | None, threads: int | None, cuda_graphs: bool, torch_precision: str, input_size: int | None,
+def run(models: tuple[Path, ...], backends: str, ov_device: str, ov_hint: str, device: str, batches: str,
+        warmup: int, iters: int | None, seconds: float | None, threads: int | None, cuda_graphs: bool, torch_precision: str, input_size: int | None,
         eval_source: Path | None, eval_split: str, eval_limit: int | None, label: str | None,
         out_dir: Path) -> None:
     """Measure latency, throughput and memory of MODEL(s) over batch sizes and write a report."""
@@ -209,6 +228,8 @@ def run(models: tuple[Path, ...], backends: str, device: str, batches: str, warm
             targets.append(_torch_target(path, device, cuda_graphs, torch_precision))
         elif backend == "ort":
             targets.append(_ort_target(path, device, threads, input_size))
+        elif backend == "openvino":
+            targets.append(_openvino_target(path, ov_device, threads, ov_hint, input_size))
         else:
             targets.append(_trt_target(path, input_size))
     if not targets:

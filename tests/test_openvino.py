@@ -1,0 +1,89 @@
+"""OpenVINO (issue 22, first part): ONNX -> IR FP32 / FP16 with parity against PyTorch, the runner behind the one
+runner interface, bench rows in the report schema, bad device and missing-extra messages. Real OpenVINO on the
+CPU; it is in the test extra."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason="OpenVINO is the optional extra augkd-edge[openvino]; the test extra has it")
+from click.testing import CliRunner  # noqa: E402
+
+from augkd_edge.cli import main  # noqa: E402
+from augkd_edge.errors import UserError  # noqa: E402
+from augkd_edge.export.onnx import export_onnx  # noqa: E402
+from augkd_edge.export.openvino import OpenVinoRunner, convert_to_ir, import_openvino, ir_input_size  # noqa: E402
+from augkd_edge.export.runtimes import Runner, TorchRunner, open_runner  # noqa: E402
+from test_export_runtimes import TinyNet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    folder = tmp_path_factory.mktemp("ov")
+    export_onnx(model, folder / "tiny.onnx", 16, opset=17)
+    return model, folder
+
+
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-5), ("fp16", 2e-3)])
+def test_ir_matches_pytorch(tiny, precision: str, atol: float) -> None:
+    model, folder = tiny
+    xml = convert_to_ir(folder / "tiny.onnx", folder / f"tiny.{precision}.xml", precision)
+    assert xml.with_suffix(".bin").is_file() and ir_input_size(xml) == 16
+    x = np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32)
+    with TorchRunner(model) as ref, open_runner(xml, threads=1) as runner:
+        assert isinstance(runner, Runner)
+        assert (runner.name, runner.device, runner.precision) == ("openvino", "cpu", precision)
+        expected, got = ref.infer(x), runner.infer(x)
+        assert got.dtype == np.float32 and got.shape == (5, 4)
+        np.testing.assert_allclose(got, expected, atol=atol)
+        assert (got.argmax(1) == expected.argmax(1)).all()
+        runner.prepare(x[:1])  # what the latency loop times; a dynamic batch takes any size
+        runner.run()
+    if precision == "fp16":  # compressed weights: about half the file
+        assert xml.with_suffix(".bin").stat().st_size < 0.6 * (folder / "tiny.fp32.bin").stat().st_size
+
+
+def test_bad_device_hint_and_files_are_refused(tiny, tmp_path: Path) -> None:
+    _, folder = tiny
+    xml = convert_to_ir(folder / "tiny.onnx", tmp_path / "t.xml")
+    with pytest.raises(UserError, match=r"device 'NPU' is not present here \(available: CPU"):
+        OpenVinoRunner(xml, device="NPU")
+    with pytest.raises(UserError, match="performance hint 'FAST'"):
+        OpenVinoRunner(xml, hint="FAST")
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(UserError, match="needs the .xml and its .bin"):
+        OpenVinoRunner(xml)
+    with pytest.raises(UserError, match="ONNX file not found"):
+        convert_to_ir(tmp_path / "none.onnx", tmp_path / "n.xml")
+    with pytest.raises(UserError, match="precision 'int4'"):
+        convert_to_ir(folder / "tiny.onnx", tmp_path / "n.xml", "int4")
+
+
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what Python does when the package is absent
+    with pytest.raises(UserError, match=r"augkd-edge\[openvino\]"):
+        import_openvino()
+
+
+def test_bench_measures_the_ir_beside_onnx_runtime(tiny, tmp_path: Path) -> None:
+    _, folder = tiny
+    xml = convert_to_ir(folder / "tiny.onnx", tmp_path / "tiny.xml")
+    res = CliRunner().invoke(main, ["bench", "run", str(folder / "tiny.onnx"), str(xml), "--batch", "1,4",
+                                    "--iters", "3", "--warmup", "1", "--threads", "1", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "b" / "report.json").read_text())["results"]
+    cells = {(r["backend"], r["batch"]) for r in rows}
+    assert cells == {("ort", 1), ("ort", 4), ("openvino", 1), ("openvino", 4)}
+    ov_rows = [r for r in rows if r["backend"] == "openvino"]
+    assert all(r["latency_ms"]["median"] > 0 and r["precision"] == "fp32" for r in ov_rows)
+    bad = CliRunner().invoke(main, ["bench", "run", str(xml), "--ov-device", "GPU.7", "--iters", "1",
+                                    "--out", str(tmp_path / "c")])
+    assert bad.exit_code != 0 and "is not present here" in bad.output and "Traceback" not in bad.output
