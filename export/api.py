@@ -6,7 +6,7 @@ support, and with TensorRT here the engine vs ONNX Runtime. Loading the model
 file and its recorded splits is the caller's (``augkd_edge.deploy``): this
 module takes an ``nn.Module`` and arrays, so ``export/`` stays a leaf library.
 
-``export.json`` (``"format": "augkd-edge/export"``, ``"version": 1``):
+``export.json`` (``"format": "augkd-edge/export"``, ``"version": 2``; version 2 added ``openvino``):
 ``source`` (model file, its sha256, arch, classes, data spec); ``normalisation``
 (``in_graph: true``, mean, std); ``class_names``; ``opset``, ``exporter``,
 ``batch`` ("dynamic" or N); ``input`` / ``output`` (name, shape, dtype);
@@ -16,11 +16,12 @@ tolerance = atol + rtol * logit_scale, min_agreement, passed); ``int8``
 (target: tensorrt or ort-cpu, format, activations, weights, bias; speed_here: ONNX Runtime CPU
 median ms per call of FP32 and INT8 measured side by side, and their ratio; calibration method,
 split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
-accepted, forced); ``tensorrt`` (settings incl. profile and precision,
+accepted, forced); ``openvino`` (fp32 / fp16: the IR's xml name and its parity against PyTorch,
+FP32 within the ONNX tolerances, FP16 by top-1 agreement); ``tensorrt`` (settings incl. profile and precision,
 op_support with the TensorRT version of the operator list and offending nodes,
 build_script, trtexec, available, and with an engine: its metadata and
 parity); ``files`` (name -> sha256, bytes, precision); ``tools`` (versions of
-augkd_edge, python, torch, onnx, onnxscript, onnxruntime, tensorrt or null).
+augkd_edge, python, torch, onnx, onnxscript, onnxruntime, tensorrt and openvino or null).
 It is written in every case where figures exist, so a failed check can be inspected.
 """
 
@@ -83,10 +84,11 @@ class ExportOptions:
     max_batch: int = EngineSettings.max_batch
     trt_min_agreement: float = DEFAULT_TRT_MIN_AGREEMENT
     threads: int | None = None
+    openvino: bool = False  # also OpenVINO IR, FP32 and FP16 weights, from the checked ONNX
 
     def __post_init__(self) -> None:
-        if not (self.onnx or self.int8 or self.trt):
-            raise UserError("nothing to export: give --onnx, --int8 and/or --trt.")
+        if not (self.onnx or self.int8 or self.trt or self.openvino):
+            raise UserError("nothing to export: give --onnx, --int8, --trt and/or --openvino.")
         if self.fp16 and not self.trt:
             raise UserError("--fp16 applies to the TensorRT engine: add --trt.")
         if self.int8_for and not self.int8:
@@ -149,7 +151,7 @@ def tool_versions(package_version: str | None) -> dict[str, str | None]:
 
     return {"augkd_edge": package_version, "python": platform.python_version(), "torch": torch.__version__,
             "onnx": onnx.__version__, "onnxscript": optional("onnxscript"), "onnxruntime": onnxruntime.__version__,
-            "tensorrt": optional("tensorrt")}
+            "tensorrt": optional("tensorrt"), "openvino": optional("openvino")}
 
 
 def _file_entry(path: Path, precision: str) -> dict[str, Any]:
@@ -197,6 +199,8 @@ def export_student_model(student: StudentToExport, out_dir: str | Path, options:
     try:
         fp32_path = _export_fp32(job)
         int8_path = _export_int8(job, fp32_path) if options.int8 else None
+        if options.openvino:
+            _export_openvino(job, fp32_path)
         if settings is not None:
             _export_trt(job, int8_path or fp32_path, settings)
     finally:
@@ -207,7 +211,7 @@ def export_student_model(student: StudentToExport, out_dir: str | Path, options:
 
 def _record_head(student: StudentToExport, package_version: str | None) -> dict[str, Any]:
     return {
-        "format": "augkd-edge/export", "version": 1,
+        "format": "augkd-edge/export", "version": 2,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": student.source,
         "normalisation": {"in_graph": True, "mean": list(student.mean), "std": list(student.std),
@@ -247,6 +251,29 @@ def _export_fp32(job: _Job) -> Path:
             f"do not deploy it. Figures are in {job.out / 'export.json'}."
         )
     return info.path
+
+
+def _export_openvino(job: _Job, onnx_path: Path) -> None:
+    """IR files converted from the checked ONNX, each compared with PyTorch on the check split: FP32 within the
+    ONNX tolerances, FP16 (compressed weights) by decisions, as TensorRT's FP16 engine is."""
+    from augkd_edge.export.openvino import OpenVinoRunner, convert_to_ir
+    from augkd_edge.export.parity import compare_runners
+    from augkd_edge.export.runtimes import TorchRunner
+
+    opt, section = job.options, {}
+    job.record["openvino"] = section
+    for precision, atol, rtol in (("fp32", opt.atol, opt.rtol), ("fp16", float("inf"), 0.0)):
+        xml = convert_to_ir(onnx_path, job.out / f"student.{precision}.xml", precision)
+        with TorchRunner(job.model) as ref, OpenVinoRunner(xml, threads=opt.threads) as cand:
+            parity = compare_runners(ref, cand, job.student.check_images, atol=atol, rtol=rtol,
+                                     min_agreement=opt.min_agreement if precision == "fp32" else
+                                     DEFAULT_TRT_MIN_AGREEMENT, fixed_batch=opt.batch)
+        section[precision] = {"xml": xml.name, "parity": {"split": job.student.split, **parity.to_dict()}}
+        for path in (xml, xml.with_suffix(".bin")):
+            job.record["files"][path.name] = _file_entry(path, precision)
+        job.echo(f"OpenVINO {precision} IR {xml.name}: {parity.summary()}")
+        if not parity.passed:
+            raise ExportCheckFailed(f"{xml}: OpenVINO disagrees with PyTorch: {parity.summary()}; do not deploy it.")
 
 
 def _export_int8(job: _Job, fp32_path: Path) -> Path:

@@ -87,3 +87,28 @@ def test_bench_measures_the_ir_beside_onnx_runtime(tiny, tmp_path: Path) -> None
     bad = CliRunner().invoke(main, ["bench", "run", str(xml), "--ov-device", "GPU.7", "--iters", "1",
                                     "--out", str(tmp_path / "c")])
     assert bad.exit_code != 0 and "is not present here" in bad.output and "Traceback" not in bad.output
+
+
+def test_export_writes_checked_ir_beside_onnx(tmp_path: Path) -> None:
+    from test_hostile import TINY, cli, export_archive, image_folder, tiny_net
+
+    data = image_folder(tmp_path / "data")
+    teacher = export_archive(tmp_path / "two.pt2", model=tiny_net(2))
+    run = tmp_path / "run"
+    res = cli("distill", "--teacher", teacher, "--target", data, "--method", "no-kd", *TINY, "--out", run)
+    assert res.exit_code == 0, res.output
+    res = cli("export", run, "--onnx", "--openvino", "--threads", "1", "--out", tmp_path / "exp")
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert record["version"] == 2 and record["tools"]["openvino"]
+    for precision in ("fp32", "fp16"):
+        entry = record["openvino"][precision]
+        assert entry["parity"]["passed"] and entry["parity"]["top1_agreement"] == 1.0
+        assert record["files"][f"student.{precision}.bin"]["precision"] == precision
+    fp32 = record["openvino"]["fp32"]["parity"]
+    assert fp32["max_abs_diff"] <= fp32["tolerance"]  # the ONNX tolerances, not decisions only
+    bench = cli("bench", "run", tmp_path / "exp" / "student.onnx", tmp_path / "exp" / "student.fp32.xml",
+                "--iters", "2", "--batch", "1", "--eval", run, "--out", tmp_path / "bench")
+    assert bench.exit_code == 0, bench.output
+    rows = json.loads((tmp_path / "bench" / "report.json").read_text())["results"]
+    assert {r["backend"] for r in rows} == {"ort", "openvino"} and len({r["top1"] for r in rows}) == 1

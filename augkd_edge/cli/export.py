@@ -77,6 +77,9 @@ def _batch_option(value: str) -> int | None:
               help="TensorRT: check every node against TensorRT 10's ONNX parser, write build_engine.sh (the exact "
                    "trtexec command, for building on the target), and build + check the engine here when "
                    "TensorRT and a GPU are available.")
+@click.option("--openvino", is_flag=True,
+              help="OpenVINO IR from the checked ONNX: student.fp32.xml and student.fp16.xml (compressed weights), "
+                   "each compared with PyTorch on the split (needs augkd-edge[openvino]).")
 @click.option("--fp16", is_flag=True, help="With --trt: allow FP16 kernels (for unquantized layers too with --int8).")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=_DEFAULT.workspace_mb, show_default=True,
               help="With --trt: builder workspace memory pool in MiB (keep it small on Jetson).")
@@ -95,18 +98,18 @@ def _batch_option(value: str) -> int | None:
               help="Output folder: student.onnx, student.int8.onnx, build_engine.sh / *.engine, export.json.")
 def command(model: Path, want_onnx: bool, opset: int, batch_text: str, input_size: int | None, split: str,
             atol: float, rtol: float, min_agreement: float, int8: bool, calibration: str, calibration_size: int,
-            max_drop: float, force: bool, int8_for: str | None, trt: bool, fp16: bool, workspace_mb: int,
+            max_drop: float, force: bool, int8_for: str | None, trt: bool, openvino: bool, fp16: bool, workspace_mb: int,
             min_batch: int, opt_batch: int, max_batch: int, trt_min_agreement: float, threads: int | None, out_dir: Path) -> None:
     """Export a trained student (a run folder or its student.pt) for deployment.
 
     The graph takes float32 NCHW RGB images in [0, 1] (input 'image') and returns
     logits (output 'logits'): the training normalisation is baked into the graph.
-    Exit codes: 0 done, 2 user mistake, 3 a check failed (parity, INT8 drop, TensorRT support).
+    Exit codes: 0 done, 2 user mistake, 3 a check failed (parity, INT8 drop, TensorRT support, OpenVINO parity).
     """
     from augkd_edge.deploy import export_student
 
     export_student(model, out_dir, input_size=input_size, split=split, echo=click.echo, onnx=want_onnx,
                    opset=opset, batch=_batch_option(batch_text), atol=atol, rtol=rtol, min_agreement=min_agreement,
                    int8=int8, int8_for=int8_for, calibration=calibration, calibration_size=calibration_size, max_drop=max_drop,
-                   force=force, trt=trt, fp16=fp16, workspace_mb=workspace_mb, min_batch=min_batch,
+                   force=force, trt=trt, openvino=openvino, fp16=fp16, workspace_mb=workspace_mb, min_batch=min_batch,
                    opt_batch=opt_batch, max_batch=max_batch, trt_min_agreement=trt_min_agreement, threads=threads)
