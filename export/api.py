@@ -17,7 +17,8 @@ tolerance = atol + rtol * logit_scale, min_agreement, passed); ``int8``
 median ms per call of FP32 and INT8 measured side by side, and their ratio; calibration method,
 split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
 accepted, forced); ``openvino`` (fp32 / fp16: the IR's xml name and its parity against PyTorch,
-FP32 within the ONNX tolerances, FP16 by top-1 agreement); ``tensorrt`` (settings incl. profile and precision,
+FP32 within the ONNX tolerances, FP16 by top-1 agreement; int8, with --int8: the IR read from the QDQ model
+and the gate's keys); ``tensorrt`` (settings incl. profile and precision,
 op_support with the TensorRT version of the operator list and offending nodes,
 build_script, trtexec, available, and with an engine: its metadata and
 parity); ``files`` (name -> sha256, bytes, precision); ``tools`` (versions of
@@ -200,7 +201,7 @@ def export_student_model(student: StudentToExport, out_dir: str | Path, options:
         fp32_path = _export_fp32(job)
         int8_path = _export_int8(job, fp32_path) if options.int8 else None
         if options.openvino:
-            _export_openvino(job, fp32_path)
+            _export_openvino(job, fp32_path, int8_path)
         if settings is not None:
             _export_trt(job, int8_path or fp32_path, settings)
     finally:
@@ -253,9 +254,11 @@ def _export_fp32(job: _Job) -> Path:
     return info.path
 
 
-def _export_openvino(job: _Job, onnx_path: Path) -> None:
+def _export_openvino(job: _Job, onnx_path: Path, int8_path: Path | None) -> None:
     """IR files converted from the checked ONNX, each compared with PyTorch on the check split: FP32 within the
-    ONNX tolerances, FP16 (compressed weights) by decisions, as TensorRT's FP16 engine is."""
+    ONNX tolerances, FP16 (compressed weights) by decisions, as TensorRT's FP16 engine is; with --int8 the QDQ
+    model as OpenVINO reads it (its FakeQuantize form), under the same accuracy gate as the ONNX one."""
+    from augkd_edge.export.latency import batched_logits, top1_accuracy
     from augkd_edge.export.openvino import OpenVinoRunner, convert_to_ir
     from augkd_edge.export.parity import compare_runners
     from augkd_edge.export.runtimes import TorchRunner
@@ -269,11 +272,23 @@ def _export_openvino(job: _Job, onnx_path: Path) -> None:
                                      min_agreement=opt.min_agreement if precision == "fp32" else
                                      DEFAULT_TRT_MIN_AGREEMENT, fixed_batch=opt.batch)
         section[precision] = {"xml": xml.name, "parity": {"split": job.student.split, **parity.to_dict()}}
-        for path in (xml, xml.with_suffix(".bin")):
-            job.record["files"][path.name] = _file_entry(path, precision)
+        job.record["files"].update({p.name: _file_entry(p, precision) for p in (xml, xml.with_suffix(".bin"))})
         job.echo(f"OpenVINO {precision} IR {xml.name}: {parity.summary()}")
         if not parity.passed:
             raise ExportCheckFailed(f"{xml}: OpenVINO disagrees with PyTorch: {parity.summary()}; do not deploy it.")
+    if int8_path is None:
+        return
+    xml = convert_to_ir(int8_path, job.out / "student.int8.xml")
+    with OpenVinoRunner(xml, threads=opt.threads) as runner:
+        acc8 = top1_accuracy(batched_logits(runner.infer, job.student.check_images, fixed_batch=opt.batch),
+                             job.student.check_labels)
+    gate = int8_gate(job.record["int8"]["fp32_top1"], acc8, opt.max_drop, opt.force)
+    section["int8"] = {"xml": xml.name, "from": int8_path.name, **gate}
+    job.echo(f"OpenVINO int8 IR {xml.name}: test top-1 {100 * acc8:.2f}% (drop {gate['drop_points']:.2f} points)")
+    if not gate["accepted"] and not opt.force:
+        raise ExportCheckFailed(f"{xml}: OpenVINO's INT8 loses {gate['drop_points']:.2f} top-1 points (limit "
+                                f"--max-drop {opt.max_drop:g}); do not deploy it.")
+    job.record["files"].update({p.name: _file_entry(p, "int8") for p in (xml, xml.with_suffix(".bin"))})
 
 
 def _export_int8(job: _Job, fp32_path: Path) -> Path:

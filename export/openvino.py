@@ -5,7 +5,8 @@ on the CPU here, so unlike TensorRT it can be measured on every machine. The IR 
 ``export --onnx`` already checked (normalisation inside, NCHW [0, 1] RGB input), not from the PyTorch module, so
 the two deployable files are the same graph. ``fp16`` stores compressed FP16 weights (OpenVINO's
 ``compress_to_fp16``); the CPU plugin still computes in FP32 or BF16 as it sees fit, so FP16 here is a file-size
-choice, and its parity is checked like FP32's.
+choice, and its parity is checked like FP32's. An INT8 IR is read from export's QDQ ONNX: OpenVINO turns
+each QuantizeLinear/DequantizeLinear pair into a FakeQuantize node and runs the layers between in INT8.
 
 No torch import here: the runner is what a deployment box without PyTorch runs. OpenVINO is the optional extra
 ``augkd-edge[openvino]``; without it every entry point says which extra to install.
@@ -54,8 +55,11 @@ def convert_to_ir(onnx_path: str | Path, xml_path: str | Path, precision: str = 
 
 
 def ir_precision(xml_path: str | Path) -> str:
-    """fp16 when the IR stores half-precision weights (compressed constants), else fp32; read from the XML."""
+    """int8 when the IR holds FakeQuantize nodes (a QDQ ONNX read by OpenVINO), fp16 when it stores half-precision
+    weights (compressed constants), else fp32; read from the XML."""
     text = Path(xml_path).read_text(errors="replace")
+    if 'type="FakeQuantize"' in text:
+        return "int8"
     return "fp16" if 'element_type="f16"' in text else "fp32"
 
 

@@ -97,9 +97,15 @@ def test_export_writes_checked_ir_beside_onnx(tmp_path: Path) -> None:
     run = tmp_path / "run"
     res = cli("distill", "--teacher", teacher, "--target", data, "--method", "no-kd", *TINY, "--out", run)
     assert res.exit_code == 0, res.output
-    res = cli("export", run, "--onnx", "--openvino", "--threads", "1", "--out", tmp_path / "exp")
+    res = cli("export", run, "--onnx", "--openvino", "--int8", "--calibration-size", "4", "--max-drop", "100",
+              "--threads", "1", "--out", tmp_path / "exp")
     assert res.exit_code == 0, res.output
     record = json.loads((tmp_path / "exp" / "export.json").read_text())
+    int8 = record["openvino"]["int8"]  # the QDQ model as OpenVINO reads it, under export's gate
+    assert int8["from"] == "student.int8.onnx" and int8["accepted"]
+    assert int8["drop_points"] == pytest.approx(100 * (record["int8"]["fp32_top1"] - int8["int8_top1"]))
+    from augkd_edge.export.openvino import ir_precision
+    assert ir_precision(tmp_path / "exp" / "student.int8.xml") == "int8"
     assert record["version"] == 2 and record["tools"]["openvino"]
     for precision in ("fp32", "fp16"):
         entry = record["openvino"][precision]
@@ -112,3 +118,47 @@ def test_export_writes_checked_ir_beside_onnx(tmp_path: Path) -> None:
     assert bench.exit_code == 0, bench.output
     rows = json.loads((tmp_path / "bench" / "report.json").read_text())["results"]
     assert {r["backend"] for r in rows} == {"ort", "openvino"} and len({r["top1"] for r in rows}) == 1
+
+
+class BrightestChannel(torch.nn.Module):
+    """Class = the brightest colour channel: decisions that follow the input, so quantization errors show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.head = torch.nn.Linear(3, 3)
+        with torch.no_grad():
+            for layer in (self.conv, self.head):
+                layer.weight.copy_(torch.eye(3).reshape(layer.weight.shape))
+                layer.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_int8_ir_from_a_broken_calibration_fails_the_gate(tmp_path: Path) -> None:
+    """Calibrated on near-black constant images (what a broken data pipeline gives), the INT8 model clips every
+    input to one value and loses the decisions; calibrated on real-looking images it keeps them. The gate, run on
+    OpenVINO's INT8 IR, tells the two apart."""
+    from augkd_edge.export.quantize import int8_gate, quantize_int8
+
+    model = BrightestChannel().eval()
+    export_onnx(model, tmp_path / "b.onnx", 16, opset=17)
+    rng = np.random.default_rng(1)
+
+    def images(n: int) -> np.ndarray:
+        return rng.random((n, 3, 16, 16), dtype=np.float32) * rng.random((n, 3, 1, 1), dtype=np.float32)
+
+    x = images(90)
+    with TorchRunner(model) as ref:
+        labels = ref.infer(x).argmax(1)  # FP32's decisions as the labels: FP32 top-1 is 1.0
+    assert len(set(labels.tolist())) == 3
+    accuracy = {}
+    for name, calib in (("good", images(32)), ("constant", np.full((32, 3, 16, 16), 0.01, dtype=np.float32))):
+        qdq = quantize_int8(tmp_path / "b.onnx", tmp_path / f"{name}.int8.onnx", calib)
+        with OpenVinoRunner(convert_to_ir(qdq, tmp_path / f"{name}.xml"), threads=1) as runner:
+            assert runner.precision == "int8"
+            accuracy[name] = float((runner.infer(x).argmax(1) == labels).mean())
+    assert accuracy["good"] >= 0.95 and int8_gate(1.0, accuracy["good"], 10.0, force=False)["accepted"], accuracy
+    rejected = int8_gate(1.0, accuracy["constant"], 10.0, force=False)
+    assert not rejected["accepted"] and rejected["drop_points"] > 10, accuracy
