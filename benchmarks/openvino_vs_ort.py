@@ -1,0 +1,131 @@
+"""OpenVINO against ONNX Runtime on this CPU, side by side in one process (issue 22's targets).
+
+For each distill run folder: ``augkd-edge export --onnx --int8 --openvino`` twice (INT8 in the ONNX Runtime CPU
+form and in the symmetric TensorRT form, both read by OpenVINO as QDQ), then every model measured in interleaved
+rounds (so the machine's load hits all alike) at batch 1 and 8, with 1 thread and with all threads: ORT FP32,
+ORT INT8, OpenVINO FP32 / FP16 / INT8 (both QDQ forms). Ratios against ORT FP32 of the same rounds are what to
+compare; absolute times depend on the machine and its load. Test-split top-1 of every model beside them.
+
+Usage::
+
+    python benchmarks/openvino_vs_ort.py RUN_DIR [RUN_DIR ...] --out benchmarks/results/openvino-cpu-2core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = {"mobilenet_v3_small": 1.5, "resnet18": 2.5}  # OpenVINO INT8 / ORT FP32, issue 22
+
+
+def export_all(run_dir: Path, out: Path) -> dict[str, tuple[str, Path]]:
+    """name -> (runner kind, model file) for every model compared, exported through the product's own export."""
+    from augkd_edge.deploy import export_student
+
+    models: dict[str, tuple[str, Path]] = {}
+    for form in ("ort-cpu", "tensorrt"):
+        folder = out / f"export-{form}"
+        export_student(run_dir, folder, onnx=True, int8=True, int8_for=form, openvino=True, threads=1)
+        if form == "ort-cpu":
+            models.update({"ort fp32": ("ort", folder / "student.onnx"), "ort int8": ("ort", folder / "student.int8.onnx"),
+                           "openvino fp32": ("ov", folder / "student.fp32.xml"),
+                           "openvino fp16": ("ov", folder / "student.fp16.xml")})
+        models[f"openvino int8 ({form} QDQ)"] = ("ov", folder / "student.int8.xml")
+    return models
+
+
+def measure(models: dict[str, tuple[str, Path]], test_x: np.ndarray, test_y: np.ndarray, threads: int,
+            rounds: int) -> dict[str, dict[str, float]]:
+    from augkd_edge.export.latency import batched_logits, top1_accuracy
+    from augkd_edge.export.openvino import OpenVinoRunner
+    from augkd_edge.export.runtimes import OrtRunner
+    from augkd_edge.export.speedup import interleaved_medians
+
+    runners = {name: (OrtRunner(path, threads=threads) if kind == "ort" else OpenVinoRunner(path, threads=threads))
+               for name, (kind, path) in models.items()}
+    try:
+        res = {name: {"top1": top1_accuracy(batched_logits(r.infer, test_x), test_y)} for name, r in runners.items()}
+        for batch in (1, 8):
+            ms = interleaved_medians(runners, np.ascontiguousarray(test_x[:batch]), rounds=rounds, calls=10,
+                                     warmup=20)
+            for name, r in res.items():
+                r[f"batch{batch}_median_ms"] = ms[name]
+                r[f"batch{batch}_vs_ort_fp32"] = ms["ort fp32"] / ms[name]
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return res
+
+
+def verdicts(arch: str, by_threads: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """The issue's speed target per thread count and batch: the faster OpenVINO INT8 form against ORT FP32."""
+    if arch not in TARGETS:
+        return []
+    lines = []
+    for threads, res in by_threads.items():
+        for batch in (1, 8):
+            best = max((r[f"batch{batch}_vs_ort_fp32"], n) for n, r in res.items() if n.startswith("openvino int8"))
+            ok = "PASS" if best[0] >= TARGETS[arch] else "MISS"
+            lines.append(f"- {threads} thread(s), batch {batch}: {best[1]} {best[0]:.2f}x ORT FP32 "
+                         f"(target >= {TARGETS[arch]}x): {ok}")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["# OpenVINO against ONNX Runtime (CPU)", "", f"Command: `{result['command']}`", "",
+             f"openvino {result['openvino']}, onnxruntime {result['onnxruntime']}, {result['machine']}, "
+             f"{result['rounds']} interleaved rounds of 10 calls per model, batch and thread count. Ratios are "
+             "ORT FP32's median over the model's, from the same rounds (> 1: faster than ORT FP32).", ""]
+    for run in result["runs"]:
+        lines += [f"## {run['arch']} ({run['run_dir']})", "",
+                  "| model | test top-1 | threads | batch 1 ms | vs ORT FP32 | batch 8 ms | vs ORT FP32 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for threads, res in run["by_threads"].items():
+            for name, r in res.items():
+                lines.append(f"| {name} | {r['top1']:.4f} | {threads} | {r['batch1_median_ms']:.3f} | "
+                             f"{r['batch1_vs_ort_fp32']:.2f}x | {r['batch8_median_ms']:.3f} | "
+                             f"{r['batch8_vs_ort_fp32']:.2f}x |")
+        lines += [""] + verdicts(run["arch"], run["by_threads"]) + [""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import onnxruntime as ort
+    import openvino
+
+    from augkd_edge.models.loading import load_model_file
+    from augkd_edge.rundir import split_arrays
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dirs", type=Path, nargs="+", help="distill run folders (their student.pt records the splits)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", default=f"1,{os.cpu_count()}", help="comma-separated thread counts")
+    p.add_argument("--rounds", type=int, default=20)
+    args = p.parse_args()
+    runs = []
+    for run_dir in args.run_dirs:
+        _, meta = load_model_file(run_dir / "student.pt")
+        test_x, test_y = split_arrays(meta, "test")
+        models = export_all(run_dir, args.out / run_dir.name)
+        by_threads = {int(t): measure(models, test_x, test_y, int(t), args.rounds) for t in args.threads.split(",")}
+        runs.append({"run_dir": str(run_dir), "arch": meta.arch, "by_threads": by_threads})
+    result = {"schema": 1, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "openvino": openvino.__version__, "onnxruntime": ort.__version__,
+              "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores".strip(),
+              "rounds": args.rounds, "runs": runs}
+    (args.out / "openvino.json").write_text(json.dumps(result, indent=1))
+    (args.out / "openvino.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
