@@ -25,3 +25,10 @@ class WriteError(UserError, OSError):
 
     Still an ``OSError`` for callers that catch those; the CLI shows it as one line, exit 2.
     """
+
+
+class ExportCheckFailed(UserError):
+    """A measured export check failed (parity, the INT8 gate, TensorRT support): the files exist but must not be
+    deployed. Exit code 3."""
+
+    exit_code = 3

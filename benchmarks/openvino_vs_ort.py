@@ -1,9 +1,9 @@
 """OpenVINO against ONNX Runtime on this CPU, side by side in one process (issue 22's targets).
 
-For each distill run folder: ``augkd-edge export --onnx --int8 --openvino`` twice (INT8 in the ONNX Runtime CPU
-form and in the symmetric TensorRT form, both read by OpenVINO as QDQ), then every model measured in interleaved
-rounds (so the machine's load hits all alike) at batch 1 and 8, with 1 thread and with all threads: ORT FP32,
-ORT INT8, OpenVINO FP32 / FP16 / INT8 (both QDQ forms). Ratios against ORT FP32 of the same rounds are what to
+For each distill run folder: ``augkd-edge export --onnx --int8 --openvino``, then every OpenVINO INT8 form made
+from the same calibration images (the QDQ model in ONNX Runtime's CPU form and in the symmetric form, read by
+OpenVINO, and NNCF's), and every model measured in interleaved rounds (so the machine's load hits all alike) at
+batch 1 and 8, with 1 thread and with all threads: ORT FP32, ORT INT8, OpenVINO FP32 / FP16 / INT8. Ratios against ORT FP32 of the same rounds are what to
 compare; absolute times depend on the machine and its load. Test-split top-1 of every model beside them.
 
 Usage::
@@ -27,20 +27,22 @@ import numpy as np
 TARGETS = {"mobilenet_v3_small": 1.5, "resnet18": 2.5}  # OpenVINO INT8 / ORT FP32, issue 22
 
 
-def export_all(run_dir: Path, out: Path) -> dict[str, tuple[str, Path]]:
-    """name -> (runner kind, model file) for every model compared, exported through the product's own export."""
+def export_all(run_dir: Path, out: Path, train_x: np.ndarray) -> dict[str, tuple[str, Path]]:
+    """name -> (runner kind, model file) for every model compared: the product's own export (ONNX, ORT INT8, IR
+    FP32 / FP16), then each OpenVINO INT8 form from the same calibration images (export keeps only the faster)."""
     from augkd_edge.deploy import export_student
+    from augkd_edge.export.openvino import convert_to_ir
+    from augkd_edge.export.openvino_export import quantize_nncf
+    from augkd_edge.export.quantize import DEFAULT_CALIBRATION_SIZE, calibration_subset, quantize_int8
 
-    models: dict[str, tuple[str, Path]] = {}
-    for form in ("ort-cpu", "tensorrt"):
-        folder = out / f"export-{form}"
-        export_student(run_dir, folder, onnx=True, int8=True, int8_for=form, openvino=True, threads=1)
-        if form == "ort-cpu":
-            models.update({"ort fp32": ("ort", folder / "student.onnx"), "ort int8": ("ort", folder / "student.int8.onnx"),
-                           "openvino fp32": ("ov", folder / "student.fp32.xml"),
-                           "openvino fp16": ("ov", folder / "student.fp16.xml")})
-        models[f"openvino int8 ({form} QDQ)"] = ("ov", folder / "student.int8.xml")
-    return models
+    export_student(run_dir, out, onnx=True, int8=True, openvino=True, threads=1)
+    calib = calibration_subset(train_x, DEFAULT_CALIBRATION_SIZE)
+    symmetric = quantize_int8(out / "student.onnx", out / "student.int8-sym.onnx", calib, target="tensorrt")
+    return {"ort fp32": ("ort", out / "student.onnx"), "ort int8": ("ort", out / "student.int8.onnx"),
+            "openvino fp32": ("ov", out / "student.fp32.xml"), "openvino fp16": ("ov", out / "student.fp16.xml"),
+            "openvino int8 (QDQ, ORT CPU form)": ("ov", convert_to_ir(out / "student.int8.onnx", out / "q1.xml")),
+            "openvino int8 (QDQ, symmetric form)": ("ov", convert_to_ir(symmetric, out / "q2.xml")),
+            "openvino int8 (NNCF)": ("ov", quantize_nncf(out / "student.fp32.xml", out / "q3.xml", calib))}
 
 
 def measure(models: dict[str, tuple[str, Path]], test_x: np.ndarray, test_y: np.ndarray, threads: int,
@@ -115,7 +117,7 @@ def main() -> None:
     for run_dir in args.run_dirs:
         _, meta = load_model_file(run_dir / "student.pt")
         test_x, test_y = split_arrays(meta, "test")
-        models = export_all(run_dir, args.out / run_dir.name)
+        models = export_all(run_dir, args.out / run_dir.name, split_arrays(meta, "train")[0])
         by_threads = {int(t): measure(models, test_x, test_y, int(t), args.rounds) for t in args.threads.split(",")}
         runs.append({"run_dir": str(run_dir), "arch": meta.arch, "by_threads": by_threads})
     result = {"schema": 1, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from augkd_edge.errors import UserError
+from augkd_edge.errors import ExportCheckFailed, UserError  # noqa: F401  (ExportCheckFailed re-exported)
 from augkd_edge.export.parity import DEFAULT_ATOL, DEFAULT_RTOL
 from augkd_edge.export.quantize import (DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_SIZE, DEFAULT_MAX_DROP_POINTS,
                                         calibration_subset, int8_gate)
-from augkd_edge.export.tensorrt import EngineSettings
+from augkd_edge.export.tensorrt import EngineSettings, file_entry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,12 +51,6 @@ DEFAULT_TRT_MIN_AGREEMENT = 0.99
 TRT_PARITY_BATCH = 32
 
 Echo = Callable[..., None]  # click.echo's shape: echo(message, err=False)
-
-
-class ExportCheckFailed(UserError):
-    """A measured check failed: the files exist but must not be deployed."""
-
-    exit_code = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,12 +149,6 @@ def tool_versions(package_version: str | None) -> dict[str, str | None]:
             "tensorrt": optional("tensorrt"), "openvino": optional("openvino")}
 
 
-def _file_entry(path: Path, precision: str) -> dict[str, Any]:
-    from augkd_edge.export.tensorrt import sha256_file
-
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "precision": precision}
-
-
 def silent(message: str, err: bool = False) -> None:
     """The default ``echo``: a library call prints nothing; ``export.json`` holds every figure."""
 
@@ -201,7 +189,9 @@ def export_student_model(student: StudentToExport, out_dir: str | Path, options:
         fp32_path = _export_fp32(job)
         int8_path = _export_int8(job, fp32_path) if options.int8 else None
         if options.openvino:
-            _export_openvino(job, fp32_path, int8_path)
+            from augkd_edge.export.openvino_export import export_ir
+
+            export_ir(job, fp32_path, int8_path)
         if settings is not None:
             _export_trt(job, int8_path or fp32_path, settings)
     finally:
@@ -245,50 +235,13 @@ def _export_fp32(job: _Job) -> Path:
         "operators": info.operators,
         "parity": {"split": student.split, **parity.to_dict()},
     })
-    job.record["files"]["student.onnx"] = _file_entry(info.path, "fp32")
+    job.record["files"]["student.onnx"] = file_entry(info.path, "fp32")
     if not parity.passed:
         raise ExportCheckFailed(
             f"{info.path}: ONNX Runtime disagrees with PyTorch beyond tolerance ({parity.summary()}); "
             f"do not deploy it. Figures are in {job.out / 'export.json'}."
         )
     return info.path
-
-
-def _export_openvino(job: _Job, onnx_path: Path, int8_path: Path | None) -> None:
-    """IR files converted from the checked ONNX, each compared with PyTorch on the check split: FP32 within the
-    ONNX tolerances, FP16 (compressed weights) by decisions, as TensorRT's FP16 engine is; with --int8 the QDQ
-    model as OpenVINO reads it (its FakeQuantize form), under the same accuracy gate as the ONNX one."""
-    from augkd_edge.export.latency import batched_logits, top1_accuracy
-    from augkd_edge.export.openvino import OpenVinoRunner, convert_to_ir
-    from augkd_edge.export.parity import compare_runners
-    from augkd_edge.export.runtimes import TorchRunner
-
-    opt, section = job.options, {}
-    job.record["openvino"] = section
-    for precision, atol, rtol in (("fp32", opt.atol, opt.rtol), ("fp16", float("inf"), 0.0)):
-        xml = convert_to_ir(onnx_path, job.out / f"student.{precision}.xml", precision)
-        with TorchRunner(job.model) as ref, OpenVinoRunner(xml, threads=opt.threads) as cand:
-            parity = compare_runners(ref, cand, job.student.check_images, atol=atol, rtol=rtol,
-                                     min_agreement=opt.min_agreement if precision == "fp32" else
-                                     DEFAULT_TRT_MIN_AGREEMENT, fixed_batch=opt.batch)
-        section[precision] = {"xml": xml.name, "parity": {"split": job.student.split, **parity.to_dict()}}
-        job.record["files"].update({p.name: _file_entry(p, precision) for p in (xml, xml.with_suffix(".bin"))})
-        job.echo(f"OpenVINO {precision} IR {xml.name}: {parity.summary()}")
-        if not parity.passed:
-            raise ExportCheckFailed(f"{xml}: OpenVINO disagrees with PyTorch: {parity.summary()}; do not deploy it.")
-    if int8_path is None:
-        return
-    xml = convert_to_ir(int8_path, job.out / "student.int8.xml")
-    with OpenVinoRunner(xml, threads=opt.threads) as runner:
-        acc8 = top1_accuracy(batched_logits(runner.infer, job.student.check_images, fixed_batch=opt.batch),
-                             job.student.check_labels)
-    gate = int8_gate(job.record["int8"]["fp32_top1"], acc8, opt.max_drop, opt.force)
-    section["int8"] = {"xml": xml.name, "from": int8_path.name, **gate}
-    job.echo(f"OpenVINO int8 IR {xml.name}: test top-1 {100 * acc8:.2f}% (drop {gate['drop_points']:.2f} points)")
-    if not gate["accepted"] and not opt.force:
-        raise ExportCheckFailed(f"{xml}: OpenVINO's INT8 loses {gate['drop_points']:.2f} top-1 points (limit "
-                                f"--max-drop {opt.max_drop:g}); do not deploy it.")
-    job.record["files"].update({p.name: _file_entry(p, "int8") for p in (xml, xml.with_suffix(".bin"))})
 
 
 def _export_int8(job: _Job, fp32_path: Path) -> Path:
@@ -328,7 +281,7 @@ def _export_int8(job: _Job, fp32_path: Path) -> Path:
         )
     if not gate["accepted"]:
         job.echo("INT8: drop over the limit, kept because of --force", err=True)
-    job.record["files"]["student.int8.onnx"] = _file_entry(int8_path, "int8")
+    job.record["files"]["student.int8.onnx"] = file_entry(int8_path, "int8")
     _int8_speed_here(job, speed)
     return int8_path
 
@@ -363,7 +316,7 @@ def _export_trt(job: _Job, onnx_path: Path, settings: EngineSettings) -> None:
     script = trt_export.write_build_script(job.out, onnx_path.name, engine_name, settings, extra_metadata=extra)
     section["build_script"] = script.name
     section["trtexec"] = " ".join(trt_export.trtexec_command(onnx_path.name, engine_name, settings))
-    job.record["files"][script.name] = _file_entry(script, settings.precision)
+    job.record["files"][script.name] = file_entry(script, settings.precision)
     if not trt_export.tensorrt_available():
         section["available"] = False
         job.echo(
@@ -375,7 +328,7 @@ def _export_trt(job: _Job, onnx_path: Path, settings: EngineSettings) -> None:
     section["available"] = True
     engine_path = job.out / engine_name
     section["engine"] = trt_export.build_engine(onnx_path, engine_path, settings)
-    job.record["files"][engine_name] = _file_entry(engine_path, settings.precision)
+    job.record["files"][engine_name] = file_entry(engine_path, settings.precision)
     _trt_parity(job, onnx_path, engine_path)
 
 

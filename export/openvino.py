@@ -147,3 +147,4 @@ class OpenVinoRunner(_RunnerBase):
         self._staged = None
         self.request = None
         self.compiled = None
+

@@ -84,6 +84,11 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def file_entry(path: Path, precision: str) -> dict:
+    """export.json's record of one written file: its hash, size and precision."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "precision": precision}
+
+
 def write_json_atomic(obj: dict, path: str | Path) -> Path:
     """``export.json`` and engine metadata: indented JSON, through the project's one atomic write."""
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)

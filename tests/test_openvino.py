@@ -67,7 +67,11 @@ def test_bad_device_hint_and_files_are_refused(tiny, tmp_path: Path) -> None:
         convert_to_ir(folder / "tiny.onnx", tmp_path / "n.xml", "int4")
 
 
-def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from augkd_edge.export.openvino_export import quantize_nncf
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # without NNCF the QDQ candidate is the only INT8 IR
+    assert quantize_nncf(tmp_path / "a.xml", tmp_path / "b.xml", np.zeros((1, 3, 8, 8), np.float32)) is None
     monkeypatch.setitem(sys.modules, "openvino", None)  # what Python does when the package is absent
     with pytest.raises(UserError, match=r"augkd-edge\[openvino\]"):
         import_openvino()
@@ -101,9 +105,13 @@ def test_export_writes_checked_ir_beside_onnx(tmp_path: Path) -> None:
               "--threads", "1", "--out", tmp_path / "exp")
     assert res.exit_code == 0, res.output
     record = json.loads((tmp_path / "exp" / "export.json").read_text())
-    int8 = record["openvino"]["int8"]  # the QDQ model as OpenVINO reads it, under export's gate
-    assert int8["from"] == "student.int8.onnx" and int8["accepted"]
-    assert int8["drop_points"] == pytest.approx(100 * (record["int8"]["fp32_top1"] - int8["int8_top1"]))
+    int8 = record["openvino"]["int8"]  # QDQ read by OpenVINO and NNCF's, both under export's gate; the faster kept
+    assert set(int8["candidates"]) == {"qdq", "nncf"} and int8["chosen"] in int8["candidates"] and int8["accepted"]
+    for candidate in int8["candidates"].values():
+        assert candidate["made"] and candidate["batch1_median_ms_here"] > 0
+        assert candidate["drop_points"] == pytest.approx(100 * (record["int8"]["fp32_top1"] - candidate["int8_top1"]))
+    assert sorted(p.name for p in (tmp_path / "exp").glob("*.xml")) == [
+        "student.fp16.xml", "student.fp32.xml", "student.int8.xml"]
     from augkd_edge.export.openvino import ir_precision
     assert ir_precision(tmp_path / "exp" / "student.int8.xml") == "int8"
     assert record["version"] == 2 and record["tools"]["openvino"]
