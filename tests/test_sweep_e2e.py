@@ -163,3 +163,22 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_candidates(swept,
     assert export_log.read_text().count("$ ") == 3  # the first sweep, the stopped one, the resumed one
     record = json.loads((copy / "candidates" / "mobilenet_v3_small-int8.json").read_text())
     assert record["status"] == "ok" and record["latency_ms"]["median"] > 0
+
+
+def test_openvino_backend_measures_the_ir_and_its_int8(tmp_path: Path) -> None:
+    """--backend openvino: export --openvino's IR (its INT8 chosen by export among QDQ and NNCF) benched by OpenVINO;
+    the published model is the .xml with its .bin."""
+    pytest.importorskip("openvino", reason="OpenVINO is the optional extra augkd-edge[openvino]")
+    cmd = sweep_cmd(tmp_path / "sw", tmp_path / "cache", "--backend", "openvino")
+    cmd[cmd.index("--students") + 1] = "mobilenet_v3_small"
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    rows = {e["precision"]: e for e in doc["candidates"]}
+    assert set(rows) == {"fp32", "int8"} and all(e["status"] == "ok" for e in rows.values()), rows
+    for precision, e in rows.items():
+        assert e["backend"] == "openvino" and e["latency_ms"]["median"] > 0
+        model = Path(e["model_file"])
+        assert model.suffix == ".xml" and model.with_suffix(".bin").is_file()
+        assert e["model_bytes"] == model.stat().st_size + model.with_suffix(".bin").stat().st_size
+    assert rows["int8"]["top1_source"].startswith("export.json openvino.int8.int8_top1")

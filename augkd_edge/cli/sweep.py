@@ -116,9 +116,10 @@ def _check_choice(value: str, name: str) -> str:
 @click.option("--export-args", default="", help="More export flags, one shell string (e.g. '--max-drop 2').")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="distill --cache-dir (where the shared teacher is cached) [default: distill's].")
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
-              help="Latency backend: ONNX Runtime, or TensorRT (export --trt builds the engine where TensorRT "
-                   "exists; elsewhere measure on the target and pass --latency-from).")
+@click.option("--backend", type=click.Choice(["ort", "trt", "openvino"]), default="ort", show_default=True,
+              help="Latency backend: ONNX Runtime, TensorRT (export --trt builds the engine where TensorRT "
+                   "exists; elsewhere measure on the target and pass --latency-from), or OpenVINO on its CPU "
+                   "device (export --openvino; needs augkd-edge[openvino]).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where ONNX Runtime runs (TensorRT is always cuda).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size measured.")

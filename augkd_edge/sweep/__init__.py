@@ -27,13 +27,13 @@ Folder (``--out``)::
       "command": "augkd-edge sweep --students ... ",
       "settings": {"students": [...], "precisions": ["fp32", "int8"], "method", "preset", "seed",
                    "config", "config_sha256", "distill_args", "export_args", "cache_dir",
-                   "backend": "ort" | "trt", "device", "batch", "threads", "warmup", "iters",
+                   "backend": "ort" | "trt" | "openvino", "device", "batch", "threads", "warmup", "iters",
                    "latency_budget_ms": float | null, "latency_from": path | null},
       "machine": {...},            # environment of the local bench reports (bench schema; no hostname)
       "latency_from": null | {"path", "label", "environment", "created"},   # the target's report
       "candidates": [{
           "id": "resnet18-int8", "student": "resnet18", "precision": "fp32" | "int8",
-          "backend": "ort" | "trt", "device": "cpu" | "cuda", "batch": 1,
+          "backend": "ort" | "trt" | "openvino", "device": "cpu" | "cuda", "batch": 1,
           "status": "ok" | "failed", "reason": null | "one line, with the log's path",
           "top1": 0.93, "top1_source": "where top1 was read",   # student-domain test split
           "latency_ms": {"median", "p90", "p99"} | null,     # null: failed, or unmatched in --latency-from

@@ -42,7 +42,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     s = doc["settings"]
     lines = [f"Command: `{doc['command']}`",
              f"Method {s['method']}, preset {s['preset']}, seed {s['seed']}; latency {s['backend']} "
-             f"({s['device'] if s['backend'] == 'ort' else 'cuda'}), batch {s['batch']}, "
+             f"({'cuda' if s['backend'] == 'trt' else s['device']}), batch {s['batch']}, "
              f"threads {s['threads'] or 'default'}, {s['iters']} timed iterations after {s['warmup']} warm-up."]
     if doc.get("latency_from"):
         src = doc["latency_from"]

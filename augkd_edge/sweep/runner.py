@@ -105,6 +105,8 @@ def _export(plan: Plan, run_dir: Path, ident: str, precision: str) -> dict[str, 
     args = ["export", str(run_dir), "--out", str(out), "--int8" if precision == "int8" else "--onnx"]
     if plan.backend == "trt":
         args.append("--trt")
+    if plan.backend == "openvino":
+        args.append("--openvino")  # its INT8 IR passes export's gate too (or the export fails)
     if plan.threads is not None:
         args += ["--threads", str(plan.threads)]
     log = plan.layout.log(f"{ident}-export")
@@ -129,11 +131,14 @@ def _publish(plan: Plan, ident: str, source: Path) -> Path:
     """A hard link (or copy) of the exported file under the candidate's unique name."""
     target = plan.layout.model_copy(ident, source.suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    pairs = [(source, target)] + ([(source.with_suffix(".bin"), target.with_suffix(".bin"))]
+                                  if source.suffix == ".xml" else [])  # an OpenVINO IR is the .xml and its .bin
+    for src, dst in pairs:
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
     return target
 
 
@@ -171,6 +176,9 @@ def _top1(run_dir: Path, export: dict[str, Any], precision: str) -> tuple[float,
     the ONNX model to agree with it on every test image's class. INT8: the quantized model's own
     top-1 on the same split, measured by export's gate with ONNX Runtime.
     """
+    if precision == "int8" and "openvino" in export:
+        return (float(export["openvino"]["int8"]["int8_top1"]),
+                f"export.json openvino.int8.int8_top1 (OpenVINO, {export['openvino']['int8']['chosen']}, test split)")
     if precision == "int8":
         return float(export["int8"]["int8_top1"]), "export.json int8.int8_top1 (ONNX Runtime, QDQ model, test split)"
     results = _read_json(run_dir / "results.json")
@@ -179,10 +187,19 @@ def _top1(run_dir: Path, export: dict[str, Any], precision: str) -> tuple[float,
 
 
 def _model_file(plan: Plan, export: dict[str, Any], precision: str) -> tuple[str, str | None]:
-    """(the ONNX file of this precision, the TensorRT engine built from it or None) in export.json's files."""
+    """(the ONNX file of this precision, or with --backend openvino its IR; the TensorRT engine built from it or
+    None) in export.json's files."""
+    if plan.backend == "openvino":
+        return f"student.{precision}.xml", None
     onnx = "student.int8.onnx" if precision == "int8" else "student.onnx"
     engines = [name for name in export.get("files", {}) if name.endswith(".engine")]
     return onnx, (engines[0] if plan.backend == "trt" and engines else None)
+
+
+def _model_bytes(files: dict[str, Any], name: str) -> int:
+    """The deployed file's size; an OpenVINO IR's is its .xml and .bin together."""
+    names = [name, name[:-4] + ".bin"] if name.endswith(".xml") else [name]
+    return int(sum(files[n]["bytes"] for n in names))
 
 
 def run_candidate(plan: Plan, run_dir: Path, student: str, precision: str) -> dict[str, Any]:
@@ -198,7 +215,7 @@ def run_candidate(plan: Plan, run_dir: Path, student: str, precision: str) -> di
         "id": ident, "student": student, "precision": precision, "backend": plan.backend,
         "device": "cuda" if plan.backend == "trt" else plan.device, "batch": plan.batch, "status": "ok",
         "reason": None, "top1": top1, "top1_source": source, "params": count_params(run_dir),
-        "model_bytes": files[engine_name or onnx_name]["bytes"], "model_file": str(published),
+        "model_bytes": _model_bytes(files, engine_name or onnx_name), "model_file": str(published),
         "model_sha256": files[onnx_name]["sha256"],
         "engine_sha256": files[engine_name]["sha256"] if engine_name else None,
         "run_dir": str(run_dir), "export_dir": str(export_dir),
