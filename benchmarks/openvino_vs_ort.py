@@ -8,7 +8,8 @@ compare; absolute times depend on the machine and its load. Test-split top-1 of 
 
 Usage::
 
-    python benchmarks/openvino_vs_ort.py RUN_DIR [RUN_DIR ...] --out benchmarks/results/openvino-cpu-2core
+    python benchmarks/openvino_vs_ort.py RUN_DIR [RUN_DIR ...] --out benchmarks/results/openvino-cpu-2core \
+        --work /tmp/ov-models
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", type=Path, nargs="+", help="distill run folders (their student.pt records the splits)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="where openvino.json / openvino.md go")
+    p.add_argument("--work", type=Path, default=None, help="where the exported models go [default: OUT/models]")
     p.add_argument("--threads", default=f"1,{os.cpu_count()}", help="comma-separated thread counts")
     p.add_argument("--rounds", type=int, default=20)
     args = p.parse_args()
@@ -117,13 +119,15 @@ def main() -> None:
     for run_dir in args.run_dirs:
         _, meta = load_model_file(run_dir / "student.pt")
         test_x, test_y = split_arrays(meta, "test")
-        models = export_all(run_dir, args.out / run_dir.name, split_arrays(meta, "train")[0])
+        work = (args.work or args.out / "models") / run_dir.name
+        models = export_all(run_dir, work, split_arrays(meta, "train")[0])
         by_threads = {int(t): measure(models, test_x, test_y, int(t), args.rounds) for t in args.threads.split(",")}
         runs.append({"run_dir": str(run_dir), "arch": meta.arch, "by_threads": by_threads})
     result = {"schema": 1, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
               "openvino": openvino.__version__, "onnxruntime": ort.__version__,
               "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores".strip(),
               "rounds": args.rounds, "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "openvino.json").write_text(json.dumps(result, indent=1))
     (args.out / "openvino.md").write_text(markdown(result))
     print(markdown(result))
