@@ -104,8 +104,8 @@ def _int8_ir(job: Any, int8_path: Path) -> None:
                 path.replace(final.with_suffix(path.suffix))
             else:
                 path.unlink()
-    section.update({"xml": final.name, "chosen": chosen,
-                    **{k: candidates[chosen][k] for k in ("fp32_top1", "int8_top1", "drop_points", "accepted", "forced")}})
+    kept = ("fp32_top1", "int8_top1", "drop_points", "accepted", "forced")
+    section.update({"xml": final.name, "chosen": chosen, **{k: candidates[chosen][k] for k in kept}})
     _keep(job, final, "int8")
     job.echo(f"OpenVINO int8 IR {final.name}: {chosen} (test top-1 {100 * candidates[chosen]['int8_top1']:.2f}%, "
              f"drop {candidates[chosen]['drop_points']:.2f} points; the faster passing candidate here)")
