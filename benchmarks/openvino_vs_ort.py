@@ -4,8 +4,8 @@ For each distill run folder: ``augkd-edge export --onnx --int8 --openvino``, the
 from the same calibration images (the QDQ model in ONNX Runtime's CPU form and in the symmetric form, read by
 OpenVINO, and NNCF's), and every model measured in interleaved rounds (so the machine's load hits all alike) at
 batch 1 and 8, with 1 thread and with all threads: ORT FP32, ORT INT8, OpenVINO FP32 / FP16 / INT8. Ratios
-against ORT FP32 of the same rounds are what to
-compare; absolute times depend on the machine and its load. Test-split top-1 of every model beside them.
+against ORT FP32 of the same rounds are what to compare; absolute times depend on the machine and its load.
+Test-split top-1 of every model beside them.
 
 Usage::
 
