@@ -68,23 +68,17 @@ def quantize_all(fp32: Path, train_x: np.ndarray, out: Path) -> dict[str, Path]:
 
 def measure(paths: dict[str, Path], test_x: np.ndarray, test_y: np.ndarray, threads: int,
             rounds: int) -> dict[str, dict[str, float]]:
-    from augkd_edge.export.latency import batched_logits, top1_accuracy
     from augkd_edge.export.runtimes import OrtRunner
-    from augkd_edge.export.speedup import interleaved_medians
+    from augkd_edge.export.speedup import side_by_side
 
     runners = {name: OrtRunner(path, threads=threads) for name, path in paths.items()}
     try:
-        res = {name: {"top1": top1_accuracy(batched_logits(r.infer, test_x), test_y),
-                      "bytes": paths[name].stat().st_size} for name, r in runners.items()}
-        for batch in (1, 8):
-            x = np.ascontiguousarray(test_x[:batch])
-            ms = interleaved_medians(runners, x, rounds=rounds, calls=10, warmup=20)
-            for name, r in res.items():
-                r[f"batch{batch}_median_ms"] = ms[name]
-                r[f"batch{batch}_speedup_vs_fp32"] = ms["fp32"] / ms[name]
+        res = side_by_side(runners, test_x, test_y, "fp32", "speedup_vs_fp32", rounds=rounds)
     finally:
         for runner in runners.values():
             runner.close()
+    for name, r in res.items():
+        r["bytes"] = paths[name].stat().st_size
     return res
 
 

@@ -49,25 +49,17 @@ def export_all(run_dir: Path, out: Path, train_x: np.ndarray) -> dict[str, tuple
 
 def measure(models: dict[str, tuple[str, Path]], test_x: np.ndarray, test_y: np.ndarray, threads: int,
             rounds: int) -> dict[str, dict[str, float]]:
-    from augkd_edge.export.latency import batched_logits, top1_accuracy
     from augkd_edge.export.openvino import OpenVinoRunner
     from augkd_edge.export.runtimes import OrtRunner
-    from augkd_edge.export.speedup import interleaved_medians
+    from augkd_edge.export.speedup import side_by_side
 
     runners = {name: (OrtRunner(path, threads=threads) if kind == "ort" else OpenVinoRunner(path, threads=threads))
                for name, (kind, path) in models.items()}
     try:
-        res = {name: {"top1": top1_accuracy(batched_logits(r.infer, test_x), test_y)} for name, r in runners.items()}
-        for batch in (1, 8):
-            ms = interleaved_medians(runners, np.ascontiguousarray(test_x[:batch]), rounds=rounds, calls=10,
-                                     warmup=20)
-            for name, r in res.items():
-                r[f"batch{batch}_median_ms"] = ms[name]
-                r[f"batch{batch}_vs_ort_fp32"] = ms["ort fp32"] / ms[name]
+        return side_by_side(runners, test_x, test_y, "ort fp32", "vs_ort_fp32", rounds=rounds)
     finally:
         for runner in runners.values():
             runner.close()
-    return res
 
 
 def verdicts(arch: str, by_threads: dict[int, dict[str, dict[str, float]]]) -> list[str]:

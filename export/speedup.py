@@ -41,6 +41,22 @@ def interleaved_medians(runners: dict[str, Any], x: np.ndarray, *, rounds: int, 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def side_by_side(runners: dict[str, Any], images: np.ndarray, labels: np.ndarray, baseline: str, ratio_key: str,
+                 *, rounds: int, batches: tuple[int, ...] = (1, 8)) -> dict[str, dict[str, float]]:
+    """Per runner: top-1 on ``images``, and per batch its median ms from the same interleaved rounds and
+    ``baseline``'s ms over its own (``batch<B>_<ratio_key>``, > 1: faster than the baseline). The benchmarks that
+    compare model forms or runtimes (``benchmarks/int8_formats.py``, ``benchmarks/openvino_vs_ort.py``) share it."""
+    from augkd_edge.export.latency import batched_logits, top1_accuracy
+
+    res = {name: {"top1": top1_accuracy(batched_logits(r.infer, images), labels)} for name, r in runners.items()}
+    for batch in batches:
+        ms = interleaved_medians(runners, np.ascontiguousarray(images[:batch]), rounds=rounds, calls=10, warmup=20)
+        for name, r in res.items():
+            r[f"batch{batch}_median_ms"] = ms[name]
+            r[f"batch{batch}_{ratio_key}"] = ms[baseline] / ms[name]
+    return res
+
+
 def int8_speedup(fp32: OrtRunner, int8: OrtRunner, images: np.ndarray, *, batch: int = 1,
                  threads: int | None = None, rounds: int = 15, calls: int = 10, warmup: int = 10) -> dict[str, Any]:
     """Median ms per call of both open ONNX Runtime CPU runners at ``batch``, and FP32 / INT8.
