@@ -17,8 +17,9 @@ tolerance = atol + rtol * logit_scale, min_agreement, passed); ``int8``
 median ms per call of FP32 and INT8 measured side by side, and their ratio; calibration method,
 split and image count, fp32_top1, int8_top1, drop_points, max_drop_points,
 accepted, forced); ``openvino`` (fp32 / fp16: the IR's xml name and its parity against PyTorch,
-FP32 within the ONNX tolerances, FP16 by top-1 agreement; int8, with --int8: the IR read from the QDQ model
-and the gate's keys); ``tensorrt`` (settings incl. profile and precision,
+FP32 within the ONNX tolerances, FP16 by top-1 agreement; int8, with --int8: ``candidates`` qdq (the QDQ model
+read by OpenVINO) and nncf, each with the gate's keys and its batch-1 ms here, ``chosen``, ``xml`` and the chosen
+one's gate keys; see ``openvino_export.py``); ``tensorrt`` (settings incl. profile and precision,
 op_support with the TensorRT version of the operator list and offending nodes,
 build_script, trtexec, available, and with an engine: its metadata and
 parity); ``files`` (name -> sha256, bytes, precision); ``tools`` (versions of

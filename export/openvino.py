@@ -71,17 +71,17 @@ def ir_input_size(xml_path: str | Path) -> int | None:
     return int(last.get_length()) if last.is_static else None
 
 
-def _device_name(ov: Any, device: str) -> str:
+def _device_name(core: Any, device: str) -> str:
     """``cpu`` -> ``CPU``; OpenVINO's own names (``CPU``, ``GPU``, ``NPU``, ``AUTO``, ``GPU.1``) as given, refused
     with the list of what this machine has when absent."""
     name = "CPU" if device == "cpu" else device
-    available = list(ov.Core().available_devices)
+    available = list(core.available_devices)
     base = name.split(".")[0]
     if name == "AUTO" or name in available or (base != name and base in {d.split(".")[0] for d in available}):
         return name
     raise UserError(
         f"OpenVINO device {device!r} is not present here (available: {', '.join(available) or 'none'}, or AUTO); "
-        "use one of them, e.g. --device CPU."
+        "use one of them, e.g. --ov-device CPU."
     )
 
 
@@ -107,7 +107,8 @@ class OpenVinoRunner(_RunnerBase):
                             "convert one with `augkd-edge export --openvino`.")
         if hint not in HINTS:
             raise UserError(f"performance hint {hint!r}: use one of {', '.join(HINTS)}.")
-        self.ov_device = _device_name(ov, device)
+        core = ov.Core()
+        self.ov_device = _device_name(core, device)
         self.device = "cpu" if self.ov_device == "CPU" else self.ov_device.lower()
         if inference_precision not in ("f32", "bf16"):
             raise UserError(f"inference precision {inference_precision!r}: use f32 or bf16.")
@@ -119,7 +120,6 @@ class OpenVinoRunner(_RunnerBase):
                 raise UserError(f"threads must be >= 1, got {threads}")
             if self.ov_device == "CPU":
                 config["INFERENCE_NUM_THREADS"] = threads
-        core = ov.Core()
         try:
             self.compiled = core.compile_model(core.read_model(str(self.path)), self.ov_device, config)
         except Exception as exc:

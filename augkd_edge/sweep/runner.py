@@ -198,7 +198,7 @@ def _model_file(plan: Plan, export: dict[str, Any], precision: str) -> tuple[str
 
 def _model_bytes(files: dict[str, Any], name: str) -> int:
     """The deployed file's size; an OpenVINO IR's is its .xml and .bin together."""
-    names = [name, name[:-4] + ".bin"] if name.endswith(".xml") else [name]
+    names = [name, str(Path(name).with_suffix(".bin"))] if name.endswith(".xml") else [name]
     return int(sum(files[n]["bytes"] for n in names))
 
 
