@@ -16,13 +16,12 @@ iterations; the script refuses sweeps whose settings differ in anything but the 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from augkd_edge.sweep import render, select
+from augkd_edge.sweep import records, render, select
 
 # Settings that must agree for latencies and accuracies to be compared across the joined sweeps.
 SAME = ("method", "preset", "seed", "config_sha256", "distill_args", "device", "batch", "threads", "warmup", "iters")
@@ -38,25 +37,13 @@ def join(docs: list[dict[str, Any]], budget_ms: float | None) -> dict[str, Any]:
     backends = [doc["settings"]["backend"] for doc in docs]
     if len(set(backends)) != len(backends):
         raise ValueError(f"each sweep must measure another backend, got {backends}")
-    entries = []
-    for doc in docs:
-        for entry in doc["candidates"]:
-            joined = copy.deepcopy(entry)
-            joined["id"] = f"{entry['id']}@{entry['backend']}"
-            joined.update(pareto=False, chosen=False)
-            entries.append(joined)
-    choice = select.mark(entries, budget_ms)
-    if choice is not None and choice.chosen is not None:  # the sweep's line names student and precision only
-        best = next(e for e in entries if e["id"] == choice.chosen)
-        head = f"{best['student']} {best['precision']} ("
-        choice.message = choice.message.replace(head, f"{best['student']} {best['precision']} on {best['backend']} (", 1)
+    entries = [dict(entry, id=f"{entry['id']}@{entry['backend']}") for doc in docs for entry in doc["candidates"]]
+    choice = select.mark(entries, budget_ms)  # sets every entry's pareto / chosen flags
     settings = dict(first, backend="+".join(backends), latency_budget_ms=budget_ms)
-    return {"schema": docs[0]["schema"], "kind": docs[0]["kind"], "command": " ; ".join(d["command"] for d in docs),
-            "settings": settings, "machine": docs[0].get("machine"), "latency_from": None, "candidates": entries,
-            "choice": None if choice is None else {"budget_ms": budget_ms,
-                                                    "chosen": choice.chosen, "message": choice.message},
-            "unmatched": [], "failed": [{"id": e["id"], "reason": e["reason"]} for e in entries if e["status"] != "ok"],
-            "joined_from": [d["command"] for d in docs]}
+    doc = records.document(settings, " ; ".join(d["command"] for d in docs), docs[0].get("machine") or {}, entries,
+                           None if choice is None else choice.message, unmatched=[], latency_from=None)
+    doc["joined_from"] = [d["command"] for d in docs]
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:

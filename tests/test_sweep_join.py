@@ -48,5 +48,6 @@ def test_front_and_choice_span_both_runtimes(tmp_path: Path) -> None:
 
 
 def test_sweeps_with_other_settings_are_refused(tmp_path: Path) -> None:
-    proc = _run(tmp_path, _doc("ort", [("a", "fp32", 0.9, 0.2)]), _doc("openvino", [("a", "fp32", 0.9, 0.2)], threads=2))
+    proc = _run(tmp_path, _doc("ort", [("a", "fp32", 0.9, 0.2)]),
+                _doc("openvino", [("a", "fp32", 0.9, 0.2)], threads=2))
     assert proc.returncode == 2 and "threads" in proc.stderr and "Traceback" not in proc.stderr

@@ -48,9 +48,11 @@ class Choice:
     message: str
 
 
-def _describe(entry: dict[str, Any]) -> str:
-    """A candidate in the words of the budget line: name, precision and both numbers."""
-    return (f"{entry['student']} {entry['precision']} (top-1 {entry['top1']:.4f}, median "
+def _describe(entry: dict[str, Any], with_backend: bool = False) -> str:
+    """A candidate in the words of the budget line: name, precision (and runtime, when the entries span
+    several, as in ``benchmarks/sweep_join.py``) and both numbers."""
+    runtime = f" on {entry['backend']}" if with_backend else ""
+    return (f"{entry['student']} {entry['precision']}{runtime} (top-1 {entry['top1']:.4f}, median "
             f"{entry['latency_ms']['median']:.3f} ms)")
 
 
@@ -64,13 +66,15 @@ def choose(entries: list[dict[str, Any]], budget_ms: float) -> Choice:
     if not usable:
         return Choice(None, f"no candidate has both an accuracy and a latency to hold against the budget "
                             f"of {budget_ms:g} ms; see why in the candidates' reasons.")
+    several = len({e.get("backend") for e in usable}) > 1
     fitting = [e for e in usable if e["latency_ms"]["median"] <= budget_ms]
     if fitting:
         best = max(fitting, key=lambda e: (e["top1"], -e["latency_ms"]["median"]))
-        return Choice(best["id"], f"chosen for the {budget_ms:g} ms budget: {_describe(best)}, the most "
+        return Choice(best["id"], f"chosen for the {budget_ms:g} ms budget: {_describe(best, several)}, the most "
                                   f"accurate of {len(fitting)} candidate(s) within it.")
     fastest = min(usable, key=lambda e: e["latency_ms"]["median"])
-    return Choice(None, f"no candidate fits the {budget_ms:g} ms budget; the closest is {_describe(fastest)}.")
+    return Choice(None, f"no candidate fits the {budget_ms:g} ms budget; the closest is "
+                        f"{_describe(fastest, several)}.")
 
 
 def mark(entries: list[dict[str, Any]], budget_ms: float | None) -> Choice | None:
