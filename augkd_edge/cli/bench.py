@@ -194,8 +194,8 @@ def _gpus(device: str) -> list[dict[str, Any]]:
               help="Folder for report.json, report.md and report.html.")
 def run(models: tuple[Path, ...], backends: str, ov_device: str, ov_hint: str, device: str, batches: str,
         warmup: int, iters: int | None, seconds: float | None, threads: int | None, cuda_graphs: bool,
-        torch_precision: str, input_size: int | None, eval_source: Path | None, eval_split: str, eval_limit: int | None, label: str | None,
-        out_dir: Path) -> None:
+        torch_precision: str, input_size: int | None, eval_source: Path | None, eval_split: str,
+        eval_limit: int | None, label: str | None, out_dir: Path) -> None:
     """Measure latency, throughput and memory of MODEL(s) over batch sizes and write a report."""
     from tqdm import tqdm
 
