@@ -54,9 +54,15 @@ def evaluate_classifier(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 512,
+    with_loss: bool = False,
 ) -> dict[str, float]:
-    """Top-1/3/5 as fractions in [0, 1], in eval mode, without gradients."""
-    return topk_accuracy(predict_logits(model, images, mean, std, batch_size), labels)
+    """Top-1/3/5 as fractions in [0, 1], in eval mode, without gradients; with ``with_loss`` also the mean CE
+    (``loss``), which orders students of equal top-1 on a small eval split (``augkd_edge.auto.choose``)."""
+    logits = predict_logits(model, images, mean, std, batch_size)
+    out = topk_accuracy(logits, labels)
+    if with_loss:
+        out["loss"] = float(F.cross_entropy(logits, labels.to(logits.device))) if len(labels) else float("nan")
+    return out
 
 
 @torch.no_grad()

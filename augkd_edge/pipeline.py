@@ -20,7 +20,7 @@ and ``auto``; 4 added ``unlabelled``)::
     {"schema": 4, "method", "seed", "settings": DistillConfig, "teacher_arch",
      "student_arch", "teacher_data", "student_data", "split_sizes": {...},
      "stage_wall_s": {"teacher", "data_free", "anchor", "<final stage>"},
-     "eval": {"top1","top3","top5"}, "test": {...},
+     "eval": {"top1","top3","top5","loss" (mean CE)}, "test": {"top1","top3","top5"},
      "teacher": {"own_eval": {...} | null, "student_test": {...}, "student_eval": {...}},
      "anchor": {"teacher_top1", "max_class_share", "energy_mean", "teacher_domain_energy_mean",
                 "same_class_distance", "source_same_class_distance", "fidelity"} | null,
@@ -327,7 +327,8 @@ def results_step(run: Run) -> dict[str, Any]:
 
     cfg, common, dist = run.cfg, run.common(), current()
     run.student.eval()
-    acc = {split: evaluate_classifier(run.student, run.x[split], run.y[split], common["mean"], common["std"])
+    acc = {split: evaluate_classifier(run.student, run.x[split], run.y[split], common["mean"], common["std"],
+                                      with_loss=split == "eval")
            for split in ("eval", "test")}
     results = {
         "schema": RESULTS_SCHEMA,

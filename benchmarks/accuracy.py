@@ -28,7 +28,7 @@ accuracy.json, schema 1::
      "settings": [{"name": "mnist->optdigits", "config": {...overrides...},
                    "methods": {"augkd": {"top1_mean", "top1_std", "top3_mean", "top3_std", "top5_mean",
                                          "top5_std", "eval_top1_mean", "n_seeds",
-                                         "per_seed": [{"seed", "top1", "top3", "top5", "eval_top1", "wall_s",
+                                         "per_seed": [{"seed", "top1", "top3", "top5", "eval_top1", "eval_loss", "wall_s",
                                                        "chosen" (auto), health fields}]},
                                ...},
                    "teacher": {"top1_on_student_test": mean over seeds, "own_eval_top1": float | null}}]}
@@ -123,17 +123,20 @@ def health_row(res: dict[str, Any]) -> dict[str, Any]:
 def run_row(res: dict[str, Any], seed: int) -> dict[str, Any]:
     """One method's per-seed row from its results.json (a real ``--method auto`` run's says what it chose)."""
     row = {"seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
-           "eval_top1": res["eval"]["top1"], "wall_s": sum(res["stage_wall_s"].values()),
+           "eval_top1": res["eval"]["top1"], "eval_loss": res["eval"].get("loss"),
+           "wall_s": sum(res["stage_wall_s"].values()),
            "stage_wall_s": res["stage_wall_s"], **health_row(res)}
     return row | ({"chosen": res["auto"]["chosen"], "ran_auto": True} if res.get("auto") else {})
 
 
 def auto_rows(per_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per seed, the candidate ``--method auto`` ships (chosen on eval top-1 alone), as its own row."""
+    """Per seed, the candidate ``--method auto`` ships (its rule: eval top-1, then eval CE where every candidate
+    recorded one), as its own row."""
     rows = []
     for i in range(len(per_method[AUTO_CANDIDATES[0]])):
         by_method = {m: per_method[m][i] for m in AUTO_CANDIDATES}
-        chosen = choose({m: r["eval_top1"] for m, r in by_method.items()})
+        losses = {m: r["eval_loss"] for m, r in by_method.items() if r.get("eval_loss") is not None}
+        chosen = choose({m: r["eval_top1"] for m, r in by_method.items()}, eval_loss=losses or None)
         shared = by_method[chosen]
         # one auto run trains the shared stages (teacher, Module 1, Module 2) once: each stage name counts once
         stages = {k: v for r in by_method.values() for k, v in r.get("stage_wall_s", {}).items()}

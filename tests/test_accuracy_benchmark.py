@@ -138,6 +138,14 @@ def test_auto_rows_choose_on_eval_only_and_merge_replaces_a_rerun_method() -> No
     assert list(means)[0] == "augkd" or list(means)[0] == "auto"
 
 
+def test_auto_rows_break_an_eval_top1_tie_by_the_recorded_eval_ce() -> None:
+    per_method = {m: [_row(0, top1, 0.32) | {"eval_loss": ce}]
+                  for m, top1, ce in (("augkd", 0.25, 1.8), ("no-anchor", 0.21, 2.0), ("dfkd-finetune", 0.15, 2.2))}
+    assert [r["chosen"] for r in acc.auto_rows(per_method)] == ["augkd"]
+    del per_method["no-anchor"][0]["eval_loss"]  # an older run without the CE: top-1, then the simpler method
+    assert [r["chosen"] for r in acc.auto_rows(per_method)] == ["dfkd-finetune"]
+
+
 def test_folder_setting_is_written_once_and_read_through_the_image_folder_loader(tmp_path: Path) -> None:
     from augkd_edge.data import load_domain
 

@@ -32,6 +32,16 @@ def test_choose_takes_the_best_eval_and_gives_ties_to_the_simpler_method():
         choose({})
 
 
+def test_equal_eval_top1_is_broken_by_the_eval_ce_before_simplicity():
+    top1 = {"dfkd-finetune": 0.32, "no-anchor": 0.30, "augkd": 0.32}
+    assert choose(top1, eval_loss={"dfkd-finetune": 2.1, "no-anchor": 1.0, "augkd": 1.9}) == "augkd"
+    assert choose(top1, eval_loss={"dfkd-finetune": 1.9, "no-anchor": 1.0, "augkd": 1.9}) == "dfkd-finetune"
+    # CE never outranks top-1: the best CE at a lower top-1 is not chosen
+    assert choose(top1, eval_loss={"dfkd-finetune": 2.1, "no-anchor": 0.1, "augkd": 1.9}) == "augkd"
+    # a CE missing for one candidate (results written before it was recorded): the top-1 / simplicity rule
+    assert choose(top1, eval_loss={"augkd": 1.0}) == "dfkd-finetune"
+
+
 def _run(tmp_path: Path, method: str, out: str) -> dict:
     return augkd_edge.distill(TINY, tmp_path / out, method=method, cache_dir=tmp_path / "cache",
                               shared_dir=tmp_path / "shared", echo=None)
@@ -48,7 +58,9 @@ def test_auto_candidates_are_the_standalone_students_and_the_best_eval_ships(tmp
         assert cands[method]["eval"] == alone["eval"], method
         assert cands[method]["test"] == alone["test"], method
     chosen = auto["auto"]["chosen"]
-    assert chosen == choose({m: c["eval"]["top1"] for m, c in cands.items()})
+    assert all(c["eval"]["loss"] > 0 for c in cands.values())
+    assert chosen == choose({m: c["eval"]["top1"] for m, c in cands.items()},
+                            eval_loss={m: c["eval"]["loss"] for m, c in cands.items()})
     assert auto["eval"] == cands[chosen]["eval"] and auto["test"] == cands[chosen]["test"]  # the shipped student
     assert auto["anchor"]["fidelity"] == auto["anchor"]["fidelity"]  # measured (not NaN)
     assert cands["augkd"]["anchor_share"] == auto["anchor_share"]

@@ -293,10 +293,7 @@ def _print_table(results: dict[str, Any]) -> None:
                        f"{results.get('anchor_share', 1.0):.2f}")
     for line in results.get("health_problems") or []:
         click.echo(f"  warning: {line}")
-    from augkd_edge.auto import candidate_rows
+    from augkd_edge.auto import cli_lines
 
-    rows = candidate_rows(results)
-    if rows:
-        click.echo(f"\n--method auto ({results['auto']['rule']}):")
-        for method, ev, te, chosen in rows:
-            click.echo(f"  {method:14s} eval top-1 {ev:.4f}  test top-1 {te:.4f}" + ("  <- shipped" if chosen else ""))
+    for line in cli_lines(results):
+        click.echo(line)
