@@ -90,7 +90,11 @@ class OpenVinoRunner(_RunnerBase):
 
     ``threads`` sets the CPU plugin's inference threads (``INFERENCE_NUM_THREADS``), so latency is comparable
     with ONNX Runtime at the same count; ``hint`` is OpenVINO's performance hint (LATENCY for batch-1 edge use).
-    ``prepare`` stages the input tensor on the request once, so ``run`` times inference only.
+    ``prepare`` stages the input tensor on a request once, so ``run`` times inference only; that request belongs to
+    a copy of the model compiled for the staged input's exact shape (``static_shape``, the default), because the
+    CPU plugin runs an IR with a dynamic batch through its dynamic-shape path, which made MobileNet-V3-Small 1.5x
+    slower at batch 1 (``benchmarks/results/openvino-cpu-2core/``), while a deployment box compiles for the batch
+    it runs. ``infer`` keeps the dynamic model, so any batch size can be checked.
     ``inference_precision``: the CPU plugin's compute precision. It defaults to BF16 on CPUs that have it (this
     one does), which moves FP32 logits by ~4e-4, outside the parity tolerance; ``f32`` (the default here) keeps
     an FP32 IR an FP32 model, ``bf16`` asks for the faster form explicitly.
@@ -99,7 +103,7 @@ class OpenVinoRunner(_RunnerBase):
     name = "openvino"
 
     def __init__(self, xml_path: str | Path, device: str = "cpu", threads: int | None = None,
-                 hint: str = "LATENCY", inference_precision: str = "f32") -> None:
+                 hint: str = "LATENCY", inference_precision: str = "f32", static_shape: bool = True) -> None:
         ov = import_openvino()
         self.path = Path(xml_path)
         if not self.path.is_file() or not self.path.with_suffix(".bin").is_file():
@@ -120,15 +124,21 @@ class OpenVinoRunner(_RunnerBase):
                 raise UserError(f"threads must be >= 1, got {threads}")
             if self.ov_device == "CPU":
                 config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            self.compiled = core.compile_model(core.read_model(str(self.path)), self.ov_device, config)
-        except Exception as exc:
-            raise UserError(f"{self.path}: OpenVINO cannot compile this model for {self.ov_device}: "
-                            f"{str(exc).splitlines()[0]}") from exc
+        self._core, self._config, self.static_shape = core, config, static_shape
+        self.model = core.read_model(str(self.path))
+        self.compiled = self._compile(self.model)
         self.precision = ir_precision(self.path)
         self.hint = hint
         self.request = self.compiled.create_infer_request()
+        self._timed: Any = None
         self._staged: Any = None
+
+    def _compile(self, model: Any) -> Any:
+        try:
+            return self._core.compile_model(model, self.ov_device, self._config)
+        except Exception as exc:
+            raise UserError(f"{self.path}: OpenVINO cannot compile this model for {self.ov_device}: "
+                            f"{str(exc).splitlines()[0]}") from exc
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         out = self.request.infer({0: check_images(x)})
@@ -136,15 +146,22 @@ class OpenVinoRunner(_RunnerBase):
 
     def prepare(self, x: np.ndarray) -> None:
         ov = import_openvino()
-        self._staged = ov.Tensor(check_images(x))  # the request reads this buffer on every run
-        self.request.set_input_tensor(self._staged)
+        x = check_images(x)
+        compiled = self.compiled
+        if self.static_shape and not self.model.input(0).get_partial_shape().is_static:
+            fixed = self.model.clone()
+            fixed.reshape({0: list(x.shape)})
+            compiled = self._compile(fixed)
+        self._timed = compiled.create_infer_request()
+        self._staged = ov.Tensor(x)  # the request reads this buffer on every run
+        self._timed.set_input_tensor(self._staged)
 
     def run(self) -> None:
         self._require_prepared(self._staged)
-        self.request.infer()
+        self._timed.infer()
 
     def close(self) -> None:
-        self._staged = None
+        self._staged = self._timed = None
         self.request = None
         self.compiled = None
 

@@ -51,6 +51,25 @@ def test_ir_matches_pytorch(tiny, precision: str, atol: float) -> None:
         assert xml.with_suffix(".bin").stat().st_size < 0.6 * (folder / "tiny.fp32.bin").stat().st_size
 
 
+def test_timed_path_runs_a_copy_compiled_for_the_staged_shape(tiny) -> None:
+    _, folder = tiny
+    xml = convert_to_ir(folder / "tiny.onnx", folder / "tiny.static.xml")
+    x = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
+    with OpenVinoRunner(xml, threads=1) as runner, OpenVinoRunner(xml, threads=1, static_shape=False) as dynamic:
+        assert not runner.model.input(0).get_partial_shape().is_static  # the IR keeps its dynamic batch
+        runner.prepare(x)
+        runner.run()
+        timed = runner._timed.get_output_tensor(0).data
+        assert runner._timed.get_compiled_model().input(0).get_partial_shape().is_static
+        assert not dynamic.compiled.input(0).get_partial_shape().is_static
+        np.testing.assert_allclose(timed, runner.infer(x), atol=1e-5)  # same model, fixed shape
+        assert runner.infer(x[:2]).shape == (2, 4)  # infer still takes any batch
+        dynamic.prepare(x)
+        dynamic.run()
+        assert not dynamic._timed.get_compiled_model().input(0).get_partial_shape().is_static
+        np.testing.assert_allclose(dynamic._timed.get_output_tensor(0).data, timed, atol=1e-5)
+
+
 def test_bad_device_hint_and_files_are_refused(tiny, tmp_path: Path) -> None:
     _, folder = tiny
     xml = convert_to_ir(folder / "tiny.onnx", tmp_path / "t.xml")
