@@ -55,7 +55,7 @@ from augkd_edge.report import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_report import (  # noqa: E402,F401  (sibling scripts, not a package; re-exported for the tests)
-    auto_choices, eval_selected, health_markdown, markdown, mean_over_settings, verdict)
+    auto_choices, eval_selected, health_markdown, markdown, mean_over_settings, paired, verdict)
 from digit_folders import write_digit_folder  # noqa: E402
 
 DEFAULT_SETTINGS = {

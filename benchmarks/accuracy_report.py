@@ -7,30 +7,51 @@ import json
 from typing import Any
 
 
+def paired(methods: dict[str, Any], a: str, b: str) -> str:
+    """`` (paired over N seeds, SE s)``: the standard error of the mean per-seed difference a - b, in points.
+
+    The targets are judged on the means; this says how far those means can be trusted. Both methods of one seed
+    share the teacher and Module 1 (and augkd / no-anchor Module 2), so the per-seed difference is the fair unit:
+    with 5 seeds and per-seed differences that scatter by several points, a 1-point gap can be noise.
+    Empty when fewer than two seeds are common to both methods.
+    """
+    rows = [{r["seed"]: r["top1"] for r in methods.get(m, {}).get("per_seed", []) if "seed" in r} for m in (a, b)]
+    seeds = sorted(set(rows[0]) & set(rows[1]))
+    if len(seeds) < 2:
+        return ""
+    diffs = [100.0 * (rows[0][s] - rows[1][s]) for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return f" (paired over {len(seeds)} seeds, SE {sd / len(seeds) ** 0.5:.2f})"
+
+
 def verdict(methods: dict[str, Any]) -> list[str]:
-    """Issue 20's targets for one setting, checked on the means: a line each, PASS or MISS with the gap."""
+    """Issue 20's targets for one setting, checked on the means: a line each, PASS or MISS with the gap and the
+    gap's paired standard error over seeds (:func:`paired`)."""
     if "augkd" not in methods:
         return []
     ours = methods["augkd"]["top1_mean"]
     lines = []
     if "no-anchor" in methods:
         gap = ours - methods["no-anchor"]["top1_mean"]
-        lines.append(f"- AuG-KD - no-anchor: {gap * 100:+.2f} points (target >= -0.5): "
-                     f"{'PASS' if gap >= -0.005 else 'MISS'}")
+        lines.append(f"- AuG-KD - no-anchor: {gap * 100:+.2f} points{paired(methods, 'augkd', 'no-anchor')} "
+                     f"(target >= -0.5): {'PASS' if gap >= -0.005 else 'MISS'}")
     others = {m: v["top1_mean"] for m, v in methods.items() if m not in ("augkd", "auto")}
     if others:
         best, best_top1 = max(others.items(), key=lambda kv: kv[1])
-        lines.append(f"- AuG-KD - best baseline ({best}): {(ours - best_top1) * 100:+.2f} points (target >= -1): "
+        lines.append(f"- AuG-KD - best baseline ({best}): {(ours - best_top1) * 100:+.2f} points"
+                     f"{paired(methods, 'augkd', best)} (target >= -1): "
                      f"{'PASS' if ours - best_top1 >= -0.01 else 'MISS'}")
     if "auto" in methods:
         singles = {m: v["top1_mean"] for m, v in methods.items() if m != "auto"}
         best, best_top1 = max(singles.items(), key=lambda kv: kv[1])
         gap = methods["auto"]["top1_mean"] - best_top1
-        lines.append(f"- auto - best single method ({best}): {gap * 100:+.2f} points (target >= -1): "
-                     f"{'PASS' if gap >= -0.01 else 'MISS'}")
+        lines.append(f"- auto - best single method ({best}): {gap * 100:+.2f} points{paired(methods, 'auto', best)} "
+                     f"(target >= -1): {'PASS' if gap >= -0.01 else 'MISS'}")
     if "no-kd" in methods:
         gap = ours - methods["no-kd"]["top1_mean"]
-        lines.append(f"- AuG-KD - no-kd: {gap * 100:+.2f} points (target >= 0): {'PASS' if gap >= 0 else 'MISS'}")
+        lines.append(f"- AuG-KD - no-kd: {gap * 100:+.2f} points{paired(methods, 'augkd', 'no-kd')} (target >= 0): "
+                     f"{'PASS' if gap >= 0 else 'MISS'}")
     return lines
 
 

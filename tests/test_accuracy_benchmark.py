@@ -96,6 +96,21 @@ def test_verdict_checks_the_targets_on_means() -> None:
     assert acc.verdict({"kd": {"top1_mean": 0.5}}) == []
 
 
+def test_verdict_gives_the_paired_standard_error_of_each_gap() -> None:
+    def rows(*top1: float) -> list[dict[str, float]]:
+        return [{"seed": s, "top1": t} for s, t in enumerate(top1)]
+
+    m = {"augkd": {"top1_mean": 0.85, "per_seed": rows(0.90, 0.80)},
+         "no-anchor": {"top1_mean": 0.85, "per_seed": rows(0.88, 0.82)}}
+    # per-seed differences +2 and -2 points: sd 2.83, SE 2.83 / sqrt(2) = 2.00
+    assert acc.paired(m, "augkd", "no-anchor") == " (paired over 2 seeds, SE 2.00)"
+    line = acc.verdict(m)[0]
+    assert line == "- AuG-KD - no-anchor: +0.00 points (paired over 2 seeds, SE 2.00) (target >= -0.5): PASS"
+    m["no-anchor"]["per_seed"] = rows(0.88, 0.82)[1:]  # one common seed: no error to give
+    assert acc.paired(m, "augkd", "no-anchor") == ""
+    assert acc.paired(m, "augkd", "dfkd") == ""
+
+
 def test_merge_joins_settings_of_parallel_runs(tmp_path: Path) -> None:
     import json
 
