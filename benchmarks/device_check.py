@@ -59,7 +59,9 @@ and, if time is left, ``--steps kernels,bench`` (say) reruns only those steps.
 
 The budget (``--budget``, default 470 s) is a hard deadline for the whole check:
 each command runs for at most its own limit, never past the deadline, and keeps
-back enough time for the steps after it to run at least briefly.
+back enough time for the steps after it to run at least briefly. A dry run gets
+``DRY_SCALE`` times the limits and the budget: it proves the script on a small
+CPU, where the GPU's limits would only measure how busy that CPU is.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # device_core.py, device_steps.py beside this file
 
 from device_core import (  # noqa: E402
-    LIMITS, MAX_FILE_BYTES, MAX_FILES, NAME_OK, OUTPUT_FILES, PROBE, PROBED, RESERVE, SCHEMA, Check, Step, base_env,
-    source_tree_path, write_json,
+    DRY_SCALE, LIMITS, MAX_FILE_BYTES, MAX_FILES, NAME_OK, OUTPUT_FILES, PROBE, PROBED, RESERVE, SCHEMA, Check, Step,
+    base_env, source_tree_path, write_json,
 )
 from device_steps import STEPS  # noqa: E402
 
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same steps on CPU at tiny sizes (CI)")
     parser.add_argument("--wheels", type=Path, default=None,
                         help="folder of carried wheels, installed with pip --no-index --no-deps into the scratch folder")
-    parser.add_argument("--budget", type=float, default=470.0, help="hard deadline for the whole check, seconds")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="hard deadline for the whole check, seconds (default 470; a dry run's is DRY_SCALE x)")
     parser.add_argument("--steps", default=",".join(s[0] for s in STEPS),
                         help="comma list of steps to run (default: all, in order)")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder and print its path")
@@ -176,7 +179,8 @@ def run_check(args: argparse.Namespace, wanted: list[str], work: Path, start: fl
     args.out.mkdir(parents=True, exist_ok=True)
     for old in OUTPUT_FILES:
         (args.out / old).unlink(missing_ok=True)
-    check = Check(args.out.resolve(), work, args.dry_run, args.budget, env, start)
+    budget = args.budget if args.budget is not None else 470.0 * (DRY_SCALE if args.dry_run else 1.0)
+    check = Check(args.out.resolve(), work, args.dry_run, budget, env, start)
     check.probe = info
     check.log.write("".join(log_lines) + f"probe: {json.dumps(info)}\n")
     print(f"device_check: {info.get('device') or 'CPU dry run'}; torch {info.get('torch')}, triton {info.get('triton')}; "
