@@ -112,8 +112,9 @@ class Check:
 
     def run(self, name: str, cmd: list[str], limit_s: float, env: dict[str, str] | None = None) -> Ran:
         """Run ``cmd`` in its own process group; kill the group at its limit or at the deadline."""
-        left = self.deadline - time.monotonic() - self.reserve_after * (DRY_SCALE if self.dry_run else 1.0)
-        limit_s = limit_s * (DRY_SCALE if self.dry_run else 1.0)
+        scale = DRY_SCALE if self.dry_run else 1.0
+        left = self.deadline - time.monotonic() - self.reserve_after * scale
+        limit_s = limit_s * scale
         ran = Ran(name, [str(c) for c in cmd], max(0.0, min(limit_s, left)))
         self.log.write(f"\n===== {name}: {shlex.join(ran.cmd)}\n")
         if ran.limit_s < 1:
