@@ -38,7 +38,7 @@ AMP_MODES = ("off", "bf16", "fp16")  # --amp; augkd_edge.precision implements th
 ANCHOR_OBJECTIVES = ("bounded", "paper")  # losses.anchor_loss implements them
 ANCHOR_CERTAINTY = ("label", "all")  # the bounded objective's energy: the label's, or over all classes
 TEACHER_TRUST = ("measured", "fixed")  # method/mixup.py: the teacher's share of Module 3's loss
-ANCHOR_SHARE = ("measured", "full")  # method/mixup.py: the anchor's share of Module 3's mixtures
+ANCHOR_SHARE = ("measured", "fidelity", "full")  # method/mixup.py: the anchor's share of Module 3's mixtures
 KD_GATES = ("none", "agree", "better", "where-sure")  # method/unlabelled.py: which pool images keep the teacher's KD term
 
 
@@ -172,7 +172,8 @@ class MixupConfig:
     teacher_trust: str = "measured"
     # "measured": the anchor's share w of the mixtures' latent, z_m = (1 - f) (w z_a + (1 - w) z) + f z, follows the
     # anchors' fidelity on the eval split (augkd_edge.fidelity): 0 at fidelity_floor or below (AuG-KD mixes as the
-    # no-anchor ablation does), 1 from fidelity_full on; "full": w = 1 (the paper). docs/method.md, "Anchor fidelity".
+    # no-anchor ablation does), 1 from fidelity_full on, capped by min(1, (1 - u) / u) since only the KD term reads an
+    # anchor; "fidelity": the fidelity alone; "full": w = 1 (the paper). docs/method.md, "Anchor fidelity".
     anchor_share: str = "measured"
     fidelity_floor: float = 0.6
     fidelity_full: float = 0.8

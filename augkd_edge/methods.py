@@ -47,7 +47,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="CE on the labelled images + the teacher's soft labels on the --unlabelled images (Hinton)"),
     Method("auto", True, True, "auto", None, mixup=True,
            summary="trains augkd, no-anchor and dfkd-finetune on one teacher and Module 1 and keeps the student "
-                   "with the best eval-split top-1 (ties: the simpler method)"),
+                   "that wins on the eval split: augkd unless another beats it by more than one standard error"),
 )}
 # --method auto's candidates, simplest first: a tie on the eval split goes to the earlier one (pipeline.auto_step)
 AUTO_CANDIDATES = ("dfkd-finetune", "no-anchor", "augkd")

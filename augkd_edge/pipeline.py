@@ -28,9 +28,10 @@ and ``auto``; 4 added ``unlabelled``)::
      "generator": {"teacher_energy_mean", "student_raw_energy_mean"} | null,
      "teacher_domain_energy_source": "teacher-domain eval split" | "Module 1 generator samples" | null,
      "health_problems": [str],
-     "anchor_share": float | null (Module 3's anchor share w, from the anchors' fidelity),
+     "anchor_share": float | null (Module 3's anchor share w: the anchors' fidelity, capped by min(1, (1 - u) / u)),
      "auto": {"candidates": {method: {"eval": {...}, "test": {...}, "anchor_share", "wall_s"}},
-              "chosen": method, "rule": str} | null (``--method auto`` only; chosen by eval top-1),
+              "chosen": method, "rule": str, "n_eval": int} | null (``--method auto`` only; chosen on the eval
+              split: augkd unless beaten by more than one standard error, ``augkd_edge.auto``),
      "unlabelled": {"spec", "kind": "folder" | "held-out", "images", "sha256", "dropped": {reason: count},
                     "leaked_examples": [file], "terms": "kd+consistency" | "consistency" | "kd" | "labels" | "none",
                     "kd_trust", "kd_weight_mean"} | null (``--unlabelled`` only; data.unlabelled, method.unlabelled),
@@ -299,6 +300,7 @@ def final_step(run: Run) -> None:
     """The health of Modules 1 and 2, then the method's student-domain stage (Module 3 or a baseline), or for
     ``auto`` each candidate's stage and the choice between them (``augkd_edge.auto``)."""
     from augkd_edge.health import problems
+    from augkd_edge.fidelity import kd_balance
     from augkd_edge.method.mixup import anchor_weight
     from augkd_edge.stages import measure_health, train_final
 
@@ -310,7 +312,9 @@ def final_step(run: Run) -> None:
     if run.anchor is not None:
         run.anchor_share = anchor_weight(cfg.mixup, run.health)
         run.echo(f"  anchor fidelity {run.health['anchor']['fidelity']:.2f} (reconstructions "
-                 f"{run.health['reconstruction']['fidelity']:.2f}; chance 0.50): anchor share {run.anchor_share:.2f}")
+                 f"{run.health['reconstruction']['fidelity']:.2f}; chance 0.50): anchor share {run.anchor_share:.2f}"
+                 + (f" (capped at {kd_balance(cfg.mixup.u):.2f} by u = {cfg.mixup.u:g})"
+                    if cfg.mixup.anchor_share == "measured" and kd_balance(cfg.mixup.u) < 1 else ""))
     if METHODS[cfg.method].final == "auto":
         from augkd_edge.auto import auto_step
 

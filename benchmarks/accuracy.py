@@ -124,19 +124,23 @@ def run_row(res: dict[str, Any], seed: int) -> dict[str, Any]:
     """One method's per-seed row from its results.json (a real ``--method auto`` run's says what it chose)."""
     row = {"seed": seed, **{k: res["test"][k] for k in ("top1", "top3", "top5")},
            "eval_top1": res["eval"]["top1"], "eval_loss": res["eval"].get("loss"),
+           "eval_n": res.get("split_sizes", {}).get("eval"),
            "wall_s": sum(res["stage_wall_s"].values()),
            "stage_wall_s": res["stage_wall_s"], **health_row(res)}
     return row | ({"chosen": res["auto"]["chosen"], "ran_auto": True} if res.get("auto") else {})
 
 
 def auto_rows(per_method: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per seed, the candidate ``--method auto`` ships (its rule: eval top-1, then eval CE where every candidate
-    recorded one), as its own row."""
+    """Per seed, the candidate ``--method auto`` ships (``augkd_edge.auto.choose``: AuG-KD unless beaten on the eval
+    split by more than one standard error, where the rows record the eval split's size; then eval top-1, then eval CE
+    where every candidate recorded one), as its own row."""
     rows = []
     for i in range(len(per_method[AUTO_CANDIDATES[0]])):
         by_method = {m: per_method[m][i] for m in AUTO_CANDIDATES}
         losses = {m: r["eval_loss"] for m, r in by_method.items() if r.get("eval_loss") is not None}
-        chosen = choose({m: r["eval_top1"] for m, r in by_method.items()}, eval_loss=losses or None)
+        sizes = {r.get("eval_n") for r in by_method.values()}
+        n_eval = sizes.pop() if len(sizes) == 1 else None
+        chosen = choose({m: r["eval_top1"] for m, r in by_method.items()}, eval_loss=losses or None, n_eval=n_eval)
         shared = by_method[chosen]
         # one auto run trains the shared stages (teacher, Module 1, Module 2) once: each stage name counts once
         stages = {k: v for r in by_method.values() for k, v in r.get("stage_wall_s", {}).items()}

@@ -61,7 +61,7 @@ def auto_choices(methods: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     how = "ran `--method auto`" if any(r.get("ran_auto") for r in rows) else (
-        "derived: the candidates' standalone runs, chosen by `augkd_edge.auto.choose` on eval top-1, then eval CE")
+        "derived: the candidates' standalone runs, chosen by `augkd_edge.auto.choose` on the eval split")
     return [f"- auto ({how}) shipped: " + ", ".join(f"seed {r['seed']} {r['chosen']}" for r in rows)]
 
 

@@ -161,6 +161,16 @@ def test_auto_rows_break_an_eval_top1_tie_by_the_recorded_eval_ce() -> None:
     assert [r["chosen"] for r in acc.auto_rows(per_method)] == ["dfkd-finetune"]
 
 
+def test_auto_rows_keep_augkd_unless_the_recorded_eval_size_makes_a_lead_evidence() -> None:
+    def rows(n: int | None) -> dict:
+        return {m: [_row(0, top1, ev) | {"eval_n": n}]
+                for m, top1, ev in (("augkd", 0.25, 0.26), ("no-anchor", 0.21, 0.30), ("dfkd-finetune", 0.15, 0.20))}
+
+    assert [r["chosen"] for r in acc.auto_rows(rows(50))] == ["augkd"]  # 15/50 against 13/50: 0.4 SE
+    assert [r["chosen"] for r in acc.auto_rows(rows(2000))] == ["no-anchor"]  # the same gap on 2000 images
+    assert [r["chosen"] for r in acc.auto_rows(rows(None))] == ["no-anchor"]  # no size recorded: best eval
+
+
 def test_folder_setting_is_written_once_and_read_through_the_image_folder_loader(tmp_path: Path) -> None:
     from augkd_edge.data import load_domain
 

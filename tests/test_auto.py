@@ -15,7 +15,7 @@ import torch
 
 import augkd_edge
 from augkd_edge import pipeline
-from augkd_edge.auto import choose
+from augkd_edge.auto import choose, evidence
 from augkd_edge.config import AUTO_CANDIDATES
 
 TINY = {"teacher_arch": "resnet18", "teacher": {"epochs": 1, "max_images": 300},
@@ -30,6 +30,27 @@ def test_choose_takes_the_best_eval_and_gives_ties_to_the_simpler_method():
     assert AUTO_CANDIDATES[0] == "dfkd-finetune" and AUTO_CANDIDATES[-1] == "augkd"
     with pytest.raises(ValueError):
         choose({})
+
+
+def test_evidence_is_the_agresti_caffo_lead_in_standard_errors():
+    # 14/50 against 13/50: (15/52 - 14/52) / sqrt((15/52 * 37/52 + 14/52 * 38/52) / 52), by hand
+    assert evidence(0.28, 0.26, 50) == pytest.approx(0.2187, abs=1e-3)
+    assert evidence(1.0, 0.98, 50) == pytest.approx(0.587, abs=1e-3)  # a perfect score is not certainty
+    assert evidence(0.26, 0.26, 50) == 0.0 and evidence(0.26, 0.28, 50) < 0
+
+
+def test_with_the_eval_size_augkd_ships_unless_beaten_by_more_than_one_standard_error():
+    # the MNIST-M folder's seed 0 (replication): no-anchor 14/50 against augkd 13/50 is no evidence
+    assert choose({"dfkd-finetune": 0.26, "no-anchor": 0.28, "augkd": 0.26}, n_eval=50) == "augkd"
+    assert choose({"dfkd-finetune": 0.26, "no-anchor": 0.28, "augkd": 0.26}) == "no-anchor"  # no size: best eval
+    # seed 4: a tie on top-1 that the CE used to give to no-anchor stays with augkd
+    tie = {"dfkd-finetune": 0.24, "no-anchor": 0.28, "augkd": 0.28}
+    assert choose(tie, eval_loss={"dfkd-finetune": 2.2, "no-anchor": 2.2, "augkd": 2.5}, n_eval=50) == "augkd"
+    # 20/50 against 13/50 is (1.47 SE): no-anchor ships; among several that clear the bar the best eval wins
+    assert choose({"dfkd-finetune": 0.26, "no-anchor": 0.40, "augkd": 0.26}, n_eval=50) == "no-anchor"
+    assert choose({"dfkd-finetune": 0.44, "no-anchor": 0.40, "augkd": 0.26}, n_eval=50) == "dfkd-finetune"
+    # a larger eval split makes the same gap evidence
+    assert choose({"no-anchor": 0.28, "augkd": 0.26}, n_eval=5000) == "no-anchor"
 
 
 def test_equal_eval_top1_is_broken_by_the_eval_ce_before_simplicity():
@@ -59,8 +80,9 @@ def test_auto_candidates_are_the_standalone_students_and_the_best_eval_ships(tmp
         assert cands[method]["test"] == alone["test"], method
     chosen = auto["auto"]["chosen"]
     assert all(c["eval"]["loss"] > 0 for c in cands.values())
+    assert auto["auto"]["n_eval"] == auto["split_sizes"]["eval"]
     assert chosen == choose({m: c["eval"]["top1"] for m, c in cands.items()},
-                            eval_loss={m: c["eval"]["loss"] for m, c in cands.items()})
+                            eval_loss={m: c["eval"]["loss"] for m, c in cands.items()}, n_eval=auto["auto"]["n_eval"])
     assert auto["eval"] == cands[chosen]["eval"] and auto["test"] == cands[chosen]["test"]  # the shipped student
     assert auto["anchor"]["fidelity"] == auto["anchor"]["fidelity"]  # measured (not NaN)
     assert cands["augkd"]["anchor_share"] == auto["anchor_share"]

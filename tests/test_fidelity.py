@@ -19,7 +19,7 @@ from torch import nn
 
 from augkd_edge.config import AnchorConfig, MixupConfig
 from augkd_edge.engine import fit
-from augkd_edge.fidelity import anchor_share, retrieval_fidelity, similarity
+from augkd_edge.fidelity import anchor_share, kd_balance, retrieval_fidelity, similarity
 from augkd_edge.health import FIDELITY_LOST, module_health, problems
 from augkd_edge.method.anchor import AnchorStage
 from augkd_edge.method.mixup import anchor_weight, mixup_latent, teacher_trust
@@ -68,6 +68,18 @@ def test_anchor_share_is_linear_between_floor_and_full():
     assert anchor_share(0.5, 0.6, 0.8) == 0.0 and anchor_share(0.6, 0.6, 0.8) == 0.0
     assert anchor_share(0.7, 0.6, 0.8) == pytest.approx(0.5)
     assert anchor_share(0.95, 0.6, 0.8) == 1.0 and anchor_share(float("nan"), 0.6, 0.8) == 0.0
+
+
+def test_kd_balance_caps_the_anchor_share_where_ce_outweighs_the_teacher():
+    assert kd_balance(0.5) == 1.0 and kd_balance(0.3) == 1.0
+    assert kd_balance(0.8) == pytest.approx(0.25) and kd_balance(1.0) == 0.0
+    with pytest.raises(ValueError):
+        kd_balance(0.0)
+    health = {"anchor": {"fidelity": 0.7}}  # fidelity share 0.5 between floor 0.6 and full 0.8
+    assert anchor_weight(MixupConfig(u=0.8), health) == pytest.approx(0.125)
+    assert anchor_weight(MixupConfig(u=0.8, anchor_share="fidelity"), health) == pytest.approx(0.5)
+    assert anchor_weight(MixupConfig(u=0.8, anchor_share="full"), health) == 1.0
+    assert anchor_weight(MixupConfig(u=0.5), health) == pytest.approx(0.5)
 
 
 def test_mixup_latent_weight_moves_from_no_anchor_to_the_full_anchor():

@@ -98,13 +98,13 @@ def _check_health_fields(method: str, results: dict, out: Path, output: str, rep
 def _check_anchor_share_reached_module_3(results: dict, lines: list[dict]) -> None:
     """The curriculum's start in metrics.jsonl is the one results.json's health and anchor share give."""
     from augkd_edge.config import DistillConfig
-    from augkd_edge.fidelity import anchor_share
+    from augkd_edge.fidelity import anchor_share, kd_balance
     from augkd_edge.losses import stage_factor
     from augkd_edge.method.mixup import reliability
 
     cfg = DistillConfig.from_dict(results["settings"])
     m = cfg.mixup
-    w = anchor_share(results["anchor"]["fidelity"], m.fidelity_floor, m.fidelity_full)
+    w = anchor_share(results["anchor"]["fidelity"], m.fidelity_floor, m.fidelity_full) * kd_balance(m.u)
     assert results["anchor_share"] == pytest.approx(w)
     mixup = [r for r in lines if r["stage"] == "mixup"]
     if results["method"] == "no-mixup" or not mixup:

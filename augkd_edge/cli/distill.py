@@ -80,7 +80,8 @@ HELP = {
     "mixup.teacher_trust": "measured: the teacher's loss share 1 - u and the curriculum's start follow its "
                            "chance-corrected top-1 on eval images and anchors; fixed: 1 - u throughout (paper).",
     "mixup.anchor_share": "measured: the anchor's share of the mixtures follows the anchors' fidelity on the eval "
-                          "split (0 = mixtures as in the no-anchor ablation); full: anchors at full share (paper).",
+                          "split (0 = mixtures as in the no-anchor ablation), capped by min(1, (1 - u) / u); "
+                          "fidelity: without the cap; full: anchors at full share (paper).",
     "mixup.fidelity_floor": "measured anchor share: fidelity at or below which anchors get no share (chance 0.5).",
     "mixup.fidelity_full": "measured anchor share: fidelity from which anchors get their full share.",
     "mixup.recompute_bn": "Recompute the student's BatchNorm statistics on the training images before evaluation.",

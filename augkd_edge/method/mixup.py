@@ -22,6 +22,9 @@ longer look like their images (teacher-fooling prototypes) get w = 0, and
 AuG-KD's mixtures are then the no-anchor ablation's (towards the
 reconstruction; the encoder is still the one Module 2 adapted); r_anchor
 blends the anchors' and the reconstructions' reliabilities with the same w.
+w is capped by min(1, (1 - u) / u): an anchor helps only the KD term, so when
+CE outweighs the teacher (u > 0.5) the anchors' share shrinks with it
+(``anchor_share="fidelity"`` leaves the cap out, ``"full"`` is the paper's w = 1).
 
 The teacher's logits come from the **teacher** on the very tensor the student
 sees (the public code took them from the student and normalised raw and mixed
@@ -188,14 +191,20 @@ def reliability(top1: float, num_classes: int) -> float:
 
 
 def anchor_weight(cfg: MixupConfig, health: dict[str, Any]) -> float:
-    """The anchor's share w of Module 3's mixtures: 1 with ``anchor_share="full"`` (the paper), else from the
-    anchors' fidelity on the eval split (``fidelity.anchor_share``); 1 for runs without anchors (it is unused)."""
+    """The anchor's share w of Module 3's mixtures.
+
+    ``anchor_share="full"``: 1 (the paper). ``"fidelity"``: from the anchors' fidelity on the eval split
+    (``fidelity.anchor_share``), so teacher-fooling anchors get none. ``"measured"`` (default): that, capped
+    by the loss balance ``fidelity.kd_balance(u)``, since only the KD term profits from an anchor. 1 for runs
+    without anchors (it is unused).
+    """
     anc = health.get("anchor")
     if cfg.anchor_share == "full" or anc is None:
         return 1.0
-    from augkd_edge.fidelity import anchor_share
+    from augkd_edge.fidelity import anchor_share, kd_balance
 
-    return anchor_share(float(anc.get("fidelity", float("nan"))), cfg.fidelity_floor, cfg.fidelity_full)
+    w = anchor_share(float(anc.get("fidelity", float("nan"))), cfg.fidelity_floor, cfg.fidelity_full)
+    return w * kd_balance(cfg.u) if cfg.anchor_share == "measured" else w
 
 
 def teacher_trust(cfg: MixupConfig, health: dict[str, Any], raw_top1: float, num_classes: int,
