@@ -99,12 +99,13 @@ def auto_step(run: "Run") -> None:
         students[method] = detached(run.student.state_dict())
     run.encoder.load_state_dict(adapted_encoder)
     run.anchor = anchor
+    base, n_eval = candidates[DEFAULT]["eval"]["top1"], len(run.y["eval"])
     chosen = choose({m: c["eval"]["top1"] for m, c in candidates.items()},
-                    eval_loss={m: c["eval"]["loss"] for m, c in candidates.items()}, n_eval=len(run.y["eval"]))
+                    eval_loss={m: c["eval"]["loss"] for m, c in candidates.items()}, n_eval=n_eval)
     run.student.load_state_dict(students[chosen])
-    run.auto = {"candidates": candidates, "chosen": chosen, "rule": RULE, "n_eval": len(run.y["eval"])}
+    run.auto = {"candidates": candidates, "chosen": chosen, "rule": RULE, "n_eval": n_eval}
     for method, c in candidates.items():
-        lead = "" if method == DEFAULT else f"  lead {evidence(c['eval']['top1'], candidates[DEFAULT]['eval']['top1'], len(run.y['eval'])):+.2f} SE"
+        lead = "" if method == DEFAULT else f"  lead {evidence(c['eval']['top1'], base, n_eval):+.2f} SE"
         run.echo(f"  {method:14s} eval top-1 {c['eval']['top1']:.4f}  CE {c['eval']['loss']:.4f}{lead}"
                  + ("   <- chosen" if method == chosen else ""))
 
