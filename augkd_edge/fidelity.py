@@ -88,9 +88,10 @@ def kd_balance(u: float) -> float:
     An anchor is there for the teacher: it moves the image to where the teacher's soft labels can be
     trusted. The KD term is what reads them, with weight 1 - u; under CE (weight u) an anchor is only a
     teacher-domain image with the student-domain label. At u <= 0.5 (the paper's and the default) the
-    teacher weighs at least as much as the labels and the cap is 1; at u = 0.8 it is 0.25. Measured:
-    docs/method.md, "Anchor fidelity" (at u = 0.8 full-share anchors cost about a point against none).
+    teacher weighs at least as much as the labels and the cap is 1 (u = 0, KD alone, included); at u = 0.8
+    it is 0.25. Measured: docs/method.md, "How far the accuracy suite's means can be trusted" (at u = 0.8
+    full-share anchors cost about a point against none).
     """
-    if not 0.0 < u <= 1.0:
-        raise ValueError(f"u must lie in (0, 1], got {u}")
-    return min(1.0, (1.0 - u) / u)
+    if not 0.0 <= u <= 1.0:
+        raise ValueError(f"u must lie in [0, 1], got {u}")
+    return 1.0 if u <= 0.5 else (1.0 - u) / u

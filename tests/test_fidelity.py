@@ -71,10 +71,10 @@ def test_anchor_share_is_linear_between_floor_and_full():
 
 
 def test_kd_balance_caps_the_anchor_share_where_ce_outweighs_the_teacher():
-    assert kd_balance(0.5) == 1.0 and kd_balance(0.3) == 1.0
+    assert kd_balance(0.5) == 1.0 and kd_balance(0.3) == 1.0 and kd_balance(0.0) == 1.0  # u = 0: KD alone
     assert kd_balance(0.8) == pytest.approx(0.25) and kd_balance(1.0) == 0.0
     with pytest.raises(ValueError):
-        kd_balance(0.0)
+        kd_balance(1.5)
     health = {"anchor": {"fidelity": 0.7}}  # fidelity share 0.5 between floor 0.6 and full 0.8
     assert anchor_weight(MixupConfig(u=0.8), health) == pytest.approx(0.125)
     assert anchor_weight(MixupConfig(u=0.8, anchor_share="fidelity"), health) == pytest.approx(0.5)
