@@ -300,8 +300,7 @@ def final_step(run: Run) -> None:
     """The health of Modules 1 and 2, then the method's student-domain stage (Module 3 or a baseline), or for
     ``auto`` each candidate's stage and the choice between them (``augkd_edge.auto``)."""
     from augkd_edge.health import problems
-    from augkd_edge.fidelity import kd_balance
-    from augkd_edge.method.mixup import anchor_weight
+    from augkd_edge.method.mixup import anchor_cap, anchor_weight
     from augkd_edge.stages import measure_health, train_final
 
     cfg = run.cfg
@@ -313,8 +312,7 @@ def final_step(run: Run) -> None:
         run.anchor_share = anchor_weight(cfg.mixup, run.health)
         run.echo(f"  anchor fidelity {run.health['anchor']['fidelity']:.2f} (reconstructions "
                  f"{run.health['reconstruction']['fidelity']:.2f}; chance 0.50): anchor share {run.anchor_share:.2f}"
-                 + (f" (capped at {kd_balance(cfg.mixup.u):.2f} by u = {cfg.mixup.u:g})"
-                    if cfg.mixup.anchor_share == "measured" and kd_balance(cfg.mixup.u) < 1 else ""))
+                 + (f" (capped at {cap:.2f} by u = {cfg.mixup.u:g})" if (cap := anchor_cap(cfg.mixup)) < 1 else ""))
     if METHODS[cfg.method].final == "auto":
         from augkd_edge.auto import auto_step
 

@@ -169,7 +169,8 @@ def health_markdown(results: dict[str, Any]) -> list[str]:
             lines.append(f"| fidelity of anchors (closest to their own image among their class) | {anc['fidelity']:.2f} "
                          f"| >= {FIDELITY_LOST} (chance 0.50) |")
         if results.get("anchor_share") is not None:
-            lines.append(f"| anchor share w in Module 3's mixtures (from the fidelity, capped by the KD weight) | {results['anchor_share']:.2f} "
+            lines.append("| anchor share w in Module 3's mixtures (from the fidelity, capped by the KD weight) "
+                         f"| {results['anchor_share']:.2f} "
                          "| 1 (0 = the no-anchor ablation) |")
     lines.append("")
     problems = results.get("health_problems") or []

@@ -201,10 +201,17 @@ def anchor_weight(cfg: MixupConfig, health: dict[str, Any]) -> float:
     anc = health.get("anchor")
     if cfg.anchor_share == "full" or anc is None:
         return 1.0
-    from augkd_edge.fidelity import anchor_share, kd_balance
+    from augkd_edge.fidelity import anchor_share
 
     w = anchor_share(float(anc.get("fidelity", float("nan"))), cfg.fidelity_floor, cfg.fidelity_full)
-    return w * kd_balance(cfg.u) if cfg.anchor_share == "measured" else w
+    return w * anchor_cap(cfg)
+
+
+def anchor_cap(cfg: MixupConfig) -> float:
+    """The cap on the anchor's share from the loss balance: ``fidelity.kd_balance(u)`` under ``"measured"``, else 1."""
+    from augkd_edge.fidelity import kd_balance
+
+    return kd_balance(cfg.u) if cfg.anchor_share == "measured" else 1.0
 
 
 def teacher_trust(cfg: MixupConfig, health: dict[str, Any], raw_top1: float, num_classes: int,
