@@ -202,6 +202,10 @@ class PoolConfig:
     threshold: float = 0.95
     # Benchmark only: train on the pool's true labels too (a same-domain pool), the fully supervised ceiling.
     use_labels: bool = False
+    # Module 3 (augkd and its ablations): the KD term reads pool images mixed towards their anchors like the labelled
+    # ones, x_m = (1 - f) G(z_m) + f x, labelled by the teacher where it is certain (the others stay raw); with
+    # mixup.curriculum="energy" the pool is drawn from its f(e) most teacher-certain share. Off until measured.
+    mixup: bool = False
 
 
 @dataclasses.dataclass

@@ -119,6 +119,15 @@ class StudentStage(NamedState):
         """The normalised batch the student (and the teacher) see, and its labels."""
         return normalize(x, self.mean, self.std), y
 
+    def pool_fraction(self, epoch: int) -> float:
+        """The share of the unlabelled pool drawn from this epoch (Module 3's curriculum narrows it)."""
+        return 1.0
+
+    def pool_kd_view(self, views: Any, epoch: int) -> torch.Tensor | None:
+        """The normalised pool images the pool's KD term reads when they are not the weak views (Module 3's
+        mixtures), or None."""
+        return None
+
     # ---- Stage protocol ---------------------------------------------------
     def train_mode(self) -> None:
         self.student.train()
@@ -130,7 +139,8 @@ class StudentStage(NamedState):
         for x, y, weight in labelled_batches(
             self.train_x, self.train_y, order, self.batch_size, gen, self.device, self.augment
         ):
-            views = self.pool.views(len(x), pool_gen, self.device) if self.pool is not None else None
+            views = (self.pool.views(len(x), pool_gen, self.device, self.pool_fraction(epoch))
+                     if self.pool is not None else None)
             yield x, y, epoch, weight, views
 
     def train_step(self, batch: tuple[Any, ...]) -> dict[str, torch.Tensor]:
@@ -138,16 +148,21 @@ class StudentStage(NamedState):
         with torch.no_grad(), self.precision.autocast():
             inputs, targets = self.student_inputs(x, y, epoch)
             teacher_logits = self.teacher(inputs).float() if self.teacher is not None else None
-            pool_teacher = self.pool.teacher_logits(views[0]) if views is not None else None
+            kd_view = self.pool_kd_view(views, epoch) if views is not None else None
+            pool_teacher = (self.pool.teacher_logits(views.weak if kd_view is None else kd_view)
+                            if views is not None else None)
         n = len(inputs)
         with self.precision.autocast():
-            # one forward over [batch; weak; strong]: BatchNorm sees the whole step, as in FixMatch
-            logits = self.train_student(inputs if views is None else torch.cat([inputs, views[0], views[1]])).float()
+            # one forward over [batch; weak; strong (; mixed)]: BatchNorm sees the whole step, as in FixMatch
+            parts = [inputs] if views is None else [inputs, views.weak, views.strong]
+            logits = self.train_student(torch.cat(parts + ([kd_view] if kd_view is not None else []))).float()
         loss = self.loss(logits[:n], teacher_logits, targets, self.ce_share(len(x), len(targets), epoch))
         out = {"loss": loss.detach()}
         if views is not None:
-            weak_logits, strong_logits = logits[n:].chunk(2)
-            pool_loss, stats = self.pool.loss(weak_logits, strong_logits, pool_teacher, views[2])
+            m = len(views.weak)
+            weak_logits, strong_logits = logits[n:n + m], logits[n + m:n + 2 * m]
+            kd_logits = logits[n + 2 * m:] if kd_view is not None else None
+            pool_loss, stats = self.pool.loss(weak_logits, strong_logits, pool_teacher, views.idx, kd_logits)
             loss = loss + pool_loss
             out |= stats
         self.optimizer.zero_grad(set_to_none=True)

@@ -296,6 +296,50 @@ def test_energy_curriculum_starts_with_the_teachers_surest_samples(fresh, data):
     assert torch.isfinite(run_epoch(stage, steps=1)["loss"])
 
 
+def test_pool_mixtures_follow_the_labelled_formula_where_the_teacher_is_certain(fresh, data):
+    """--unlabelled-mixup: pool images are mixed as labelled ones under the teacher's label, the uncertain (-1)
+    stay raw, the curriculum draws the most certain share, and f = 1 (or the option off) reads the weak views."""
+    from augkd_edge.config import PoolConfig
+    from augkd_edge.method.unlabelled import PoolTerm
+
+    pool = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([2, -1, 0, 1, -1, 3])
+
+    def term(mixup: bool) -> PoolTerm:
+        return PoolTerm(pool, PoolConfig(mixup=mixup, kd_gate="none", ratio=2), "kd+consistency",
+                        teacher=fresh["teacher"], kd_weights=torch.ones(6), mean=MEAN, std=STD, seed=0,
+                        augment=None, tau=2.0, mix_labels=labels, energy_order=torch.tensor([5, 4, 3, 2, 1, 0]))
+
+    c = cfg()
+    c.mixup.curriculum = "energy"
+    x, y, ex, ey = data
+    stage = build_mixup_stage("augkd", fresh["student"], fresh["teacher"], fresh["generator"], fresh["encoder"],
+                              x, y, ex, ey, c.mixup, anchor=fresh["anchor"], mean=MEAN, std=STD, seed=0,
+                              pool=term(True))
+    f = stage.factor(1)
+    assert 0.2 < f < 1.0 and stage.pool_fraction(1) == f
+    views = stage.pool.views(8, stage.pool.generator(1), torch.device("cpu"), stage.pool_fraction(1))
+    keep = int(torch.tensor(f * 6).ceil())
+    assert set(views.idx.tolist()) <= set([5, 4, 3, 2, 1, 0][:keep])  # the lowest-energy share only
+    with torch.no_grad():
+        kd = stage.pool_kd_view(views, 1)
+        lab = labels[views.idx]
+        _, z, _ = fresh["encoder"](views.raw, lab.clamp_min(0))
+        z_a, _ = fresh["anchor"](z, lab.clamp_min(0))
+        x_m = (1 - f) * fresh["generator"]((1 - f) * z_a + f * z) + f * views.raw
+    mixed = lab >= 0
+    assert mixed.any() and (~mixed).any()
+    assert torch.allclose(kd[mixed], normalize(x_m, MEAN, STD)[mixed], atol=1e-5)
+    assert torch.equal(kd[~mixed], views.weak[~mixed])
+    assert stage.pool_kd_view(views, 3) is None  # f = 1 from epoch a * E: the weak views as before
+    out = run_epoch(stage, epoch=1, steps=1)
+    assert torch.isfinite(out["loss"]) and float(out["pool_kd"]) > 0
+    plain = build_mixup_stage("augkd", fresh["student"], fresh["teacher"], fresh["generator"], fresh["encoder"],
+                              x, y, ex, ey, c.mixup, anchor=fresh["anchor"], mean=MEAN, std=STD, seed=0,
+                              pool=term(False))
+    assert plain.pool_fraction(1) == 1.0 and plain.pool_kd_view(views, 1) is None
+
+
 # ---------------------------------------------------------------- baselines and shared parts
 @pytest.mark.parametrize("method", ["no-kd", "kd", "dfkd-finetune"])
 def test_baseline_stages_run(fresh, data, method):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from augkd_edge.config import PoolConfig
 from augkd_edge.data.splits import student_split
 from augkd_edge.data.unlabelled import content_hashes, hold_out
-from augkd_edge.method.unlabelled import PoolTerm, certainty_weights
+from augkd_edge.method.unlabelled import PoolTerm, certainty_weights, mixup_labels
 from test_hostile import TINY, cli, export_archive, image_folder, refused, tiny_net
 
 
@@ -34,6 +34,18 @@ def test_certainty_weights_match_hand_computed_values() -> None:
     assert certainty_weights(pool, right, 0.8).tolist() == pytest.approx(expected, rel=1e-6)
     assert certainty_weights(pool, torch.tensor([]), 1.0).tolist() == [0.0, 0.0, 0.0]  # never right: no weight
     assert certainty_weights(pool, right, 0.0).tolist() == [0.0, 0.0, 0.0]  # a teacher at chance is turned off
+
+
+def test_pool_mixup_labels_are_the_teachers_top1_where_it_is_certain() -> None:
+    right = torch.tensor([-6.0, -4.0, -5.0])  # the teacher's energies where it is right: median -5
+    # energies -logsumexp: row 0 about -6.0 (surer than the median), row 1 about -4.0 (less sure), row 2 ~-5
+    logits = torch.tensor([[6.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]])
+    e = -torch.logsumexp(logits, 1)
+    labels, order = mixup_labels(logits, right, 0.7)
+    assert labels.tolist() == [0, -1, 2] and e[2] < -5.0  # c >= 0.5 exactly where E <= the median
+    assert order.tolist() == torch.argsort(e).tolist() == [0, 2, 1]
+    assert mixup_labels(logits, right, 0.0)[0].tolist() == [-1, -1, -1]  # a teacher at chance labels nothing
+    assert mixup_labels(logits, torch.tensor([]), 1.0)[0].tolist() == [-1, -1, -1]  # never right: no label
 
 
 def _term(mode: str, weights: torch.Tensor | None, **cfg: object) -> PoolTerm:
@@ -258,3 +270,22 @@ def test_held_out_pool_of_the_target_end_to_end(tmp_path: Path, max_images: int 
     assert results["unlabelled"]["terms"] == terms
     splits = json.loads((out / "splits.json").read_text())["splits"]["student"]
     assert set(splits["pool"]).isdisjoint(splits["test"]) and set(splits["pool"]).isdisjoint(splits["train"])
+
+
+def test_pool_mixup_end_to_end(tmp_path: Path) -> None:
+    """--unlabelled-mixup through the CLI: the share of pool images the teacher labels for Module 3's mixtures is
+    recorded, and the pool's KD term trains (the formula itself: test_method)."""
+    teacher = export_archive(tmp_path / "ten.pt2", model=tiny_net(10))
+    out = tmp_path / "r"
+    res = cli("distill", "--teacher", teacher, "--target", "digits:optdigits", "--unlabelled", "digits:optdigits",
+              "--unlabelled-max-images", "64", "--unlabelled-mixup", "--mixup-curriculum", "energy",
+              "--mixup-teacher-trust", "fixed", "--unlabelled-kd-gate", "none", "--method", "augkd", *TINY,
+              "--out", out)
+    assert res.exit_code == 0, res.output
+    block = json.loads((out / "results.json").read_text())["unlabelled"]
+    assert block["terms"] == "kd+consistency" and 0.0 < block["mixup_labelled"] <= 1.0
+    assert json.loads((out / "config.json").read_text())["pool"]["mixup"] is True
+    assert f"{block['mixup_labelled']:.0%} mixed towards anchors under the teacher's label" in (
+        out / "report.md").read_text()
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("stage") == "mixup" and row.get("train_pool_kd", 0) > 0 for row in logged)

@@ -185,4 +185,6 @@ def results_line(block: dict[str, Any] | None) -> str | None:
     if "kd_trust" in block:
         line += (f", teacher trust {block['kd_trust']:.2f}, mean KD weight {block['kd_weight_mean']:.2f}"
                  f" (gate {block.get('kd_gate', 'none')})")
+    if "mixup_labelled" in block:
+        line += f"; {block['mixup_labelled']:.0%} mixed towards anchors under the teacher's label"
     return line

@@ -58,7 +58,7 @@ from torch import nn
 
 from augkd_edge.config import METHODS, MixupConfig
 from augkd_edge.losses import stage_factor
-from augkd_edge.data import Augment
+from augkd_edge.data import Augment, normalize
 from augkd_edge.evaluate import teacher_energies
 from augkd_edge.models.anchornet import AnchorNet
 from augkd_edge.models.setup import channels_last_on_cpu, freeze
@@ -138,6 +138,28 @@ class MixupStage(StudentStage):
         keep = min(n, max(self.batch_size, math.ceil(self.factor(epoch) * n)))
         subset = self.energy_order[:keep]
         return subset[torch.randperm(keep, generator=generator)]
+
+    def _pool_mixes(self) -> bool:
+        return self.pool is not None and self.pool.cfg.mixup and self.pool.mix_labels is not None
+
+    def pool_fraction(self, epoch: int) -> float:
+        """The curriculum over the unlabelled pool (``PoolConfig.mixup``): the f(e) most teacher-certain share."""
+        return self.factor(epoch) if self._pool_mixes() and self.cfg.curriculum == "energy" else 1.0
+
+    def pool_kd_view(self, views: Any, epoch: int) -> torch.Tensor | None:
+        """The pool images mixed like the labelled ones, under the teacher's label where it is certain (the others
+        raw), normalised; None while f = 1 or without ``PoolConfig.mixup`` (method/unlabelled.py)."""
+        f = self.factor(epoch)
+        if f >= 1.0 or not self._pool_mixes():
+            return None
+        labels = self.pool.mix_labels[views.idx].to(self.device)
+        mixed = labels >= 0
+        if not bool(mixed.any()):
+            return None
+        x, y = views.raw, labels.clamp_min(0)
+        _, z, _ = self.encoder(x, y)
+        x_m = mixup_images(x, z, y, f, self.generator, self.anchor, self.anchor_weight).to(x.dtype)
+        return normalize(torch.where(mixed.view(-1, 1, 1, 1), x_m, x), self.mean, self.std)
 
     def student_inputs(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[norm(x); norm(x_m)] and [y; y] (called under no_grad by the shared train step)."""

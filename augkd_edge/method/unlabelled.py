@@ -23,12 +23,20 @@ images weighted by the teacher's certainty c_i on them (a teacher poor overall c
 images it is sure of). The terms a method uses are ``config.METHODS``' ``pool``: ``kd+consistency``
 (augkd and its ablations), ``consistency`` (``self-train``: no teacher), ``kd`` (``kd-unlabelled``: Hinton's
 transfer set, w_i = 1, no consistency). docs/method.md, "Unlabelled images".
+
+With ``PoolConfig.mixup`` Module 3 treats the pool as it treats the labelled images: the KD term reads each pool
+image mixed towards its anchor at the stage factor f, ``x_m = (1 - f) G(z_m) + f x`` with z = E(x, y_T) and y_T the
+teacher's top-1 on the unaugmented image where the teacher is certain (c_i >= 0.5; the others, and every image of a
+teacher at chance, stay raw), and with ``mixup.curriculum="energy"`` the pool is drawn from its f(e) share with the
+lowest teacher energy (:class:`PoolViews` ``kd``, ``MixupStage.pool_kd_view``). The consistency term keeps the raw
+weak and strong views.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +50,16 @@ from augkd_edge.distributed import current
 
 POOL_MODES = ("kd+consistency", "consistency", "kd")
 POOL_STREAM = 7  # the pool's random stream in ``batching.epoch_generator``
+
+
+class PoolViews(NamedTuple):
+    """One step's pool images: normalised weak and strong views, their pool indices, and the weak view in [0, 1]
+    (what Module 3 mixes towards the anchors)."""
+
+    weak: torch.Tensor
+    strong: torch.Tensor
+    idx: torch.Tensor
+    raw: torch.Tensor
 
 
 def certainty_weights(pool_energy: torch.Tensor, right_energy: torch.Tensor, trust: float) -> torch.Tensor:
@@ -60,10 +78,13 @@ class PoolTerm:
     def __init__(self, images: torch.Tensor, cfg: PoolConfig, mode: str, *, teacher: nn.Module | None,
                  kd_weights: torch.Tensor | None, mean: Sequence[float], std: Sequence[float], seed: int,
                  augment: Augment | None, tau: float, teacher_top1: float = 1.0, num_classes: int = 2,
-                 eval_certainty: torch.Tensor | None = None, teacher_eval_right: torch.Tensor | None = None):
+                 eval_certainty: torch.Tensor | None = None, teacher_eval_right: torch.Tensor | None = None,
+                 mix_labels: torch.Tensor | None = None, energy_order: torch.Tensor | None = None):
         """``kd_weights``: w_i per pool image (None for ``consistency``); ``teacher``: needed unless ``consistency``;
         ``teacher_top1``: a_T of ``kd_gate="better"`` (the teacher's eval-split top-1); ``eval_certainty`` and
-        ``teacher_eval_right``: the teacher's c_i and correctness on the eval images (``kd_gate="where-sure"``)."""
+        ``teacher_eval_right``: the teacher's c_i and correctness on the eval images (``kd_gate="where-sure"``);
+        ``mix_labels``: the label each pool image is mixed under in Module 3 (-1: not mixed) and ``energy_order``:
+        the pool by increasing teacher energy (``PoolConfig.mixup``; None without it)."""
         if mode not in POOL_MODES:
             raise ValueError(f"pool mode must be one of {POOL_MODES}, got {mode!r}")
         if mode != "consistency" and (teacher is None or kd_weights is None):
@@ -80,6 +101,7 @@ class PoolTerm:
         self.teacher_top1, self.chance = teacher_top1, 1.0 / num_classes
         self.student_top1 = self.chance  # chance, until the stage's first evaluation (observe)
         self.eval_certainty, self.teacher_eval_right = eval_certainty, teacher_eval_right
+        self.mix_labels, self.energy_order = mix_labels, energy_order
         self.student_eval_right: torch.Tensor | None = None
         if cfg.kd_gate == "where-sure" and mode == "kd+consistency" and eval_certainty is None:
             raise ValueError("kd_gate where-sure needs the teacher's certainty and correctness on the eval images")
@@ -131,17 +153,25 @@ class PoolTerm:
     def generator(self, epoch: int) -> torch.Generator:
         return epoch_generator(self.seed, epoch, stream=POOL_STREAM)
 
-    def views(self, n_labelled: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """(normalised weak, normalised strong, indices) of ``ratio * n_labelled`` pool images (this rank's share)."""
+    def views(self, n_labelled: int, generator: torch.Generator, device: torch.device,
+              fraction: float = 1.0) -> PoolViews:
+        """The views of ``ratio * n_labelled`` pool images (this rank's share), drawn from the ``fraction`` of the
+        pool with the lowest teacher energy when there is an ``energy_order`` (the curriculum), else from all."""
         dist = current()
-        idx = torch.randint(len(self), (self.cfg.ratio * n_labelled,), generator=generator)
+        count = self.cfg.ratio * n_labelled
+        if fraction < 1.0 and self.energy_order is not None:
+            keep = max(1, math.ceil(fraction * len(self)))
+            idx = self.energy_order[torch.randint(keep, (count,), generator=generator)]
+        else:
+            idx = torch.randint(len(self), (count,), generator=generator)
         weak = self.images[idx]
         if self.augment is not None:
             weak = self.augment(weak, generator)
         strong = strong_augment(weak, generator)
         weak, strong, idx = dist.shard(weak), dist.shard(strong), dist.shard(idx)
-        out = (normalize(weak, self.mean, self.std), normalize(strong, self.mean, self.std))
-        return tuple(t.to(device, non_blocking=True) for t in out) + (idx,)
+        weak = weak.to(device, non_blocking=True)
+        return PoolViews(normalize(weak, self.mean, self.std),
+                         normalize(strong.to(device, non_blocking=True), self.mean, self.std), idx, weak)
 
     @torch.no_grad()
     def teacher_logits(self, weak: torch.Tensor) -> torch.Tensor | None:
@@ -152,8 +182,10 @@ class PoolTerm:
         return self.teacher(weak).float()
 
     def loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-             idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_pool (module docstring) and its parts for the metrics log."""
+             idx: torch.Tensor, kd_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_pool (module docstring) and its parts for the metrics log; ``kd_logits``: the student on the view the
+        teacher saw when that is not the weak one (Module 3's mixtures)."""
+        kd_logits = weak_logits if kd_logits is None else kd_logits
         total = weak_logits.new_zeros(())
         stats: dict[str, torch.Tensor] = {}
         if teacher_logits is not None and self.kd_scale > 0:
@@ -162,9 +194,9 @@ class PoolTerm:
             else:
                 w = self.kd_weights[idx].to(weak_logits.device, weak_logits.dtype)
             if self.cfg.kd_gate == "agree" and self.mode != "kd":
-                w = w * (teacher_logits.argmax(1) == weak_logits.detach().argmax(1)).to(w.dtype)
+                w = w * (teacher_logits.argmax(1) == kd_logits.detach().argmax(1)).to(w.dtype)
             w = w * self.gate()
-            kl = F.kl_div(F.log_softmax(weak_logits / self.tau, 1), F.log_softmax(teacher_logits / self.tau, 1),
+            kl = F.kl_div(F.log_softmax(kd_logits / self.tau, 1), F.log_softmax(teacher_logits / self.tau, 1),
                           log_target=True, reduction="none").sum(1) * self.tau**2
             kd = (w * kl).mean()
             total = total + self.kd_scale * kd
@@ -194,20 +226,39 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
     if run.pool is None or len(run.pool) == 0 or mode == "none" or run.cfg.pool.use_labels:
         return None  # no pool, a method without pool terms, the supervised ceiling, or a pool held out unused
     common = run.common()
-    weights = eval_certainty = eval_right = None
+    weights = eval_certainty = eval_right = mix_labels = energy_order = None
     if mode != "consistency":
-        logits = run.teacher_logits("train")
+        logits, pool_logits = run.teacher_logits("train"), run.teacher_logits("pool")
         right = logits.argmax(1) == run.y["train"]
-        weights = certainty_weights(energy(run.teacher_logits("pool")), energy(logits)[right], trust)
+        weights = certainty_weights(energy(pool_logits), energy(logits)[right], trust)
         eval_logits = run.teacher_logits("eval")
         eval_certainty = certainty_weights(energy(eval_logits), energy(logits)[right], 1.0)
         eval_right = eval_logits.argmax(1) == run.y["eval"]
         run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4),
                                   "kd_gate": run.cfg.pool.kd_gate if mode != "kd" else "none"}
+        if run.cfg.pool.mixup and METHODS[method].final == "mixup":
+            mix_labels, energy_order = mixup_labels(pool_logits, energy(logits)[right], trust)
+            run.pool_stats[method]["mixup_labelled"] = round(float((mix_labels >= 0).float().mean()), 4)
     return PoolTerm(run.pool.images, run.cfg.pool, mode, teacher=run.teacher, kd_weights=weights,
                     mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
                     tau=run.cfg.mixup.tau, teacher_top1=float(run.teacher_student["eval"]["top1"]),
-                    num_classes=len(run.domain.classes), eval_certainty=eval_certainty, teacher_eval_right=eval_right)
+                    num_classes=len(run.domain.classes), eval_certainty=eval_certainty, teacher_eval_right=eval_right,
+                    mix_labels=mix_labels, energy_order=energy_order)
+
+
+def mixup_labels(pool_logits: torch.Tensor, right_energy: torch.Tensor,
+                 trust: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label, order) for Module 3's pool mixtures: the teacher's top-1 where it is certain (c_i >= 0.5 of
+    :func:`certainty_weights`: at least as sure as on the labelled images it gets right), -1 elsewhere and
+    everywhere for a teacher at chance (``trust`` 0: its labels are noise); the pool by increasing teacher energy.
+    The anchor of an image is made for its label, so a wrong label would carry the image to another class."""
+    from augkd_edge.losses import energy
+
+    e = energy(pool_logits)
+    certain = certainty_weights(e, right_energy, 1.0) >= 0.5
+    if trust <= 0.0:
+        certain = torch.zeros_like(certain)
+    return torch.where(certain, pool_logits.argmax(1), -1), torch.argsort(e)
 
 
 def pool_step(run: Any) -> dict[str, Any]:
