@@ -206,6 +206,9 @@ class PoolConfig:
     # ones, x_m = (1 - f) G(z_m) + f x, labelled by the teacher where it is certain (the others stay raw); with
     # mixup.curriculum="energy" the pool is drawn from its f(e) most teacher-certain share. Off until measured.
     mixup: bool = False
+    # Module 2 also trains the AnchorNet (and the encoder's adaptation) on up to this many pool images, those the
+    # teacher labels with certainty (the surest first), under the teacher's label; 0 = labelled images only.
+    anchor_images: int = 0
 
 
 @dataclasses.dataclass
@@ -363,6 +366,8 @@ def _validate_sections(cfg: "DistillConfig", need: Any) -> None:
     need(cfg.pool.max_images is None or cfg.pool.max_images >= 0, "pool.max_images", cfg.pool.max_images,
          "use null (all) or a count >= 0 (0 holds the pool out of the test split without using it)")
     need(cfg.pool.ratio >= 1, "pool.ratio", cfg.pool.ratio, "use at least 1 pool image per labelled image")
+    need(cfg.pool.anchor_images >= 0, "pool.anchor_images", cfg.pool.anchor_images,
+         "use 0 (labelled images only) or a positive count")
     need(0 < cfg.pool.threshold <= 1, "pool.threshold", cfg.pool.threshold, "use a value in (0, 1]")
     need(cfg.pool.kd_gate in KD_GATES, "pool.kd_gate", cfg.pool.kd_gate, f"use one of {', '.join(KD_GATES)}")
     need(not cfg.pool.use_labels or cfg.unlabelled == cfg.student_data, "pool.use_labels", cfg.pool.use_labels,

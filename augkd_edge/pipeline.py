@@ -274,7 +274,10 @@ def module2_step(run: Run) -> None:
         run.reference_energy, run.reference_source = teacher_domain_energy(cfg, run.teacher, run.generator)
     if not METHODS[run.cfg.method].anchor:
         return
+    import torch
+
     from augkd_edge.method.anchor import AnchorStage
+    from augkd_edge.method.unlabelled import anchor_images
     from augkd_edge.models.anchornet import AnchorNet
     from augkd_edge.models.setup import freeze
 
@@ -282,14 +285,17 @@ def module2_step(run: Run) -> None:
     seed_stage(cfg.seed, "anchor")
     run.anchor = AnchorNet(cfg.data_free.latent_dim, len(run.domain.classes), ac.alpha, ac.hidden,
                            ac.conditional_psi).to(run.device)
-    stage = AnchorStage(run.teacher, run.generator, run.encoder, run.anchor, run.x["train"], run.y["train"],
-                        run.x["eval"], run.y["eval"], ac, augment=run.augment, margin=run.reference_energy,
-                        **run.common())
-    run.echo("Module 2 (AnchorNet)")
+    extra_x, extra_y = anchor_images(run)  # --unlabelled-anchor-images: pool images under the teacher's label
+    stage = AnchorStage(run.teacher, run.generator, run.encoder, run.anchor, torch.cat([run.x["train"], extra_x]),
+                        torch.cat([run.y["train"], extra_y]), run.x["eval"], run.y["eval"], ac, augment=run.augment,
+                        margin=run.reference_energy, **run.common())
+    run.echo("Module 2 (AnchorNet)" + (f", with {len(extra_y)} unlabelled images" if len(extra_y) else ""))
+    pool_fp = run.pool.fingerprint()["sha256"] if run.pool is not None else None
     best = fit_stage(run, stage, ac.epochs, run.shared / "anchor.ckpt",
                       {**run.base_fp, "data_free": dataclasses.asdict(cfg.data_free), "anchor": dataclasses.asdict(ac),
                        "student_data": cfg.student_data, "shots": cfg.shots, "eval_per_class": cfg.eval_per_class}
-                      | ({"pool_labels": run.pool.fingerprint()["sha256"]} if cfg.pool.use_labels else {}))
+                      | ({"pool_labels": pool_fp} if cfg.pool.use_labels else {})
+                      | ({"pool_anchor_images": [len(extra_y), pool_fp]} if len(extra_y) else {}))
     run.anchor.load_state_dict(best["anchor"])
     if "encoder" in best:
         run.encoder.load_state_dict(best["encoder"])

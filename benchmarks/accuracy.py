@@ -94,12 +94,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def _shared_key(overrides: dict[str, Any], preset: str) -> str:
     """Settings that differ only in Module 3 options or the unlabelled pool (which only Module 3 and the baselines
-    read, unless its labels train: ``pool.use_labels``) share the teacher, Module 1 and Module 2."""
+    read, unless its labels train, ``pool.use_labels``, or Module 2 learns its anchors, ``pool.anchor_images``)
+    share the teacher, Module 1 and Module 2."""
     import hashlib
 
-    labels = overrides.get("pool", {}).get("use_labels", False)
-    core = ({k: v for k, v in overrides.items() if k not in ("mixup", "unlabelled", "pool")}
-            | {"preset": preset} | ({"pool": overrides["pool"]} if labels else {}))
+    pool = overrides.get("pool", {})
+    core = {k: v for k, v in overrides.items() if k not in ("mixup", "unlabelled", "pool")} | {"preset": preset}
+    if pool.get("use_labels", False) or pool.get("anchor_images", 0):  # Module 2 reads the pool too
+        core["pool"] = pool
+    if pool.get("anchor_images", 0):
+        core["unlabelled"] = overrides.get("unlabelled")
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -56,6 +56,12 @@ def test_eval_selection_uses_eval_not_test() -> None:
     assert acc._shared_key({"shots": 10, "mixup": {"u": 0.5}}, "quick") == acc._shared_key(
         {"shots": 10, "mixup": {"u": 0.8}}, "quick")
     assert acc._shared_key({"shots": 10}, "quick") != acc._shared_key({"shots": 5}, "quick")
+    # the pool shares Module 2 unless Module 2 learns anchors on it (or its labels train)
+    pooled = {"shots": 10, "unlabelled": "digits:optdigits", "pool": {"max_images": 100}}
+    assert acc._shared_key(pooled, "quick") == acc._shared_key({"shots": 10}, "quick")
+    with_anchors = {**pooled, "pool": {"anchor_images": 50}}
+    assert acc._shared_key(with_anchors, "quick") != acc._shared_key({"shots": 10}, "quick")
+    assert acc._shared_key(with_anchors, "quick") != acc._shared_key({**with_anchors, "unlabelled": "/cam"}, "quick")
 
 
 def test_runs_end_to_end_on_tiny_settings_then_skips_finished_runs(tmp_path: Path) -> None:

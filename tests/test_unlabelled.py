@@ -273,17 +273,22 @@ def test_held_out_pool_of_the_target_end_to_end(tmp_path: Path, max_images: int 
 
 
 def test_pool_mixup_end_to_end(tmp_path: Path) -> None:
-    """--unlabelled-mixup through the CLI: the share of pool images the teacher labels for Module 3's mixtures is
-    recorded, and the pool's KD term trains (the formula itself: test_method)."""
+    """--unlabelled-mixup and --unlabelled-anchor-images through the CLI: the share of pool images the teacher labels
+    for Module 3's mixtures and the count Module 2 learns anchors for are recorded, and the pool's KD term trains
+    (the mixture formula itself: test_method)."""
     teacher = export_archive(tmp_path / "ten.pt2", model=tiny_net(10))
     out = tmp_path / "r"
     res = cli("distill", "--teacher", teacher, "--target", "digits:optdigits", "--unlabelled", "digits:optdigits",
               "--unlabelled-max-images", "64", "--unlabelled-mixup", "--mixup-curriculum", "energy",
+              "--unlabelled-anchor-images", "5",
               "--mixup-teacher-trust", "fixed", "--unlabelled-kd-gate", "none", "--method", "augkd", *TINY,
               "--out", out)
     assert res.exit_code == 0, res.output
     block = json.loads((out / "results.json").read_text())["unlabelled"]
     assert block["terms"] == "kd+consistency" and 0.0 < block["mixup_labelled"] <= 1.0
+    # Module 2 learnt anchors for the surest of the teacher-labelled pool images too, at most the 5 asked for
+    assert 0 < block["anchor_images"] <= min(5, round(block["mixup_labelled"] * block["images"]))
+    assert f"Module 2 learnt anchors for {block['anchor_images']} of them" in (out / "report.md").read_text()
     assert json.loads((out / "config.json").read_text())["pool"]["mixup"] is True
     assert f"{block['mixup_labelled']:.0%} mixed towards anchors under the teacher's label" in (
         out / "report.md").read_text()

@@ -94,6 +94,8 @@ HELP = {
     "pool.consistency_weight": "Weight of the FixMatch term: the student's confident weak-view label on a strong view.",
     "pool.threshold": "FixMatch confidence threshold on the student's weak-view softmax.",
     "pool.use_labels": "Benchmark only: train on the held-out pool's true labels (the fully supervised ceiling).",
+    "pool.anchor_images": "Module 2 also learns anchors for up to this many unlabelled images, those the teacher "
+                          "labels with certainty, under its label (0: the labelled images only).",
     "pool.mixup": "Module 3 mixes unlabelled images towards their anchors for the KD term (labels: the teacher's "
                   "where it is certain), and the energy curriculum draws them most-certain first.",
 }

@@ -187,4 +187,6 @@ def results_line(block: dict[str, Any] | None) -> str | None:
                  f" (gate {block.get('kd_gate', 'none')})")
     if "mixup_labelled" in block:
         line += f"; {block['mixup_labelled']:.0%} mixed towards anchors under the teacher's label"
+    if block.get("anchor_images"):
+        line += f"; Module 2 learnt anchors for {block['anchor_images']} of them"
     return line

@@ -246,6 +246,25 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
                     mix_labels=mix_labels, energy_order=energy_order)
 
 
+def anchor_images(run: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Module 2's extra training images (``PoolConfig.anchor_images``): up to that many pool images the teacher
+    labels with certainty (:func:`mixup_labels`), the surest first, with its labels; empty without a pool."""
+    from augkd_edge.losses import energy
+    from augkd_edge.method.mixup import reliability
+
+    cfg = run.cfg
+    if run.pool is None or len(run.pool) == 0 or cfg.pool.anchor_images == 0 or cfg.pool.use_labels:
+        return run.x["train"][:0], run.y["train"][:0]
+    logits = run.teacher_logits("train")
+    right = logits.argmax(1) == run.y["train"]
+    trust = 1.0 if cfg.mixup.teacher_trust == "fixed" else reliability(run.teacher_student["eval"]["top1"],
+                                                                         len(run.domain.classes))
+    labels, order = mixup_labels(run.teacher_logits("pool"), energy(logits)[right], trust)
+    chosen = order[labels[order] >= 0][:cfg.pool.anchor_images]
+    run.pool_stats["anchor"] = {"anchor_images": len(chosen)}
+    return run.pool.images[chosen], labels[chosen].to(run.y["train"].dtype)
+
+
 def mixup_labels(pool_logits: torch.Tensor, right_energy: torch.Tensor,
                  trust: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(label, order) for Module 3's pool mixtures: the teacher's top-1 where it is certain (c_i >= 0.5 of
@@ -289,4 +308,4 @@ def pool_results(run: Any) -> dict[str, Any] | None:
         return None
     method = run.auto["chosen"] if run.auto else run.cfg.method
     terms = "labels" if run.cfg.pool.use_labels else METHODS[method].pool if len(run.pool) else "none"
-    return {**run.pool.summary(), "terms": terms, **run.pool_stats.get(method, {})}
+    return {**run.pool.summary(), "terms": terms, **run.pool_stats.get(method, {}), **run.pool_stats.get("anchor", {})}
