@@ -150,8 +150,8 @@ class MixupStage(StudentStage):
         """The pool images mixed like the labelled ones, under the teacher's label where it is certain (the others
         raw), normalised; None while f = 1 or without ``PoolConfig.mixup`` (method/unlabelled.py)."""
         f = self.factor(epoch)
-        if f >= 1.0 or not self._pool_mixes():
-            return None
+        if f >= 1.0 or not self._pool_mixes() or self.pool.teacher is None or self.pool.gate() == 0.0:
+            return None  # no mixing, or no KD term to read the mixtures (its gate shut): no wasted passes
         labels = self.pool.mix_labels[views.idx].to(self.device)
         mixed = labels >= 0
         if not bool(mixed.any()):
