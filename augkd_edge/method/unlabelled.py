@@ -28,7 +28,7 @@ With ``PoolConfig.mixup`` Module 3 treats the pool as it treats the labelled ima
 image mixed towards its anchor at the stage factor f, ``x_m = (1 - f) G(z_m) + f x`` with z = E(x, y_T) and y_T the
 teacher's top-1 on the unaugmented image where the teacher is certain (c_i >= 0.5; the others, and every image of a
 teacher at chance, stay raw), and with ``mixup.curriculum="energy"`` the pool is drawn from its f(e) share with the
-lowest teacher energy (:class:`PoolViews` ``kd``, ``MixupStage.pool_kd_view``). The consistency term keeps the raw
+lowest teacher energy (``MixupStage.pool_kd_view``, ``pool_fraction``). The consistency term keeps the raw
 weak and strong views.
 """
 
@@ -228,16 +228,15 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
     common = run.common()
     weights = eval_certainty = eval_right = mix_labels = energy_order = None
     if mode != "consistency":
-        logits, pool_logits = run.teacher_logits("train"), run.teacher_logits("pool")
-        right = logits.argmax(1) == run.y["train"]
-        weights = certainty_weights(energy(pool_logits), energy(logits)[right], trust)
+        pool_logits, right_energy = run.teacher_logits("pool"), _right_energy(run)
+        weights = certainty_weights(energy(pool_logits), right_energy, trust)
         eval_logits = run.teacher_logits("eval")
-        eval_certainty = certainty_weights(energy(eval_logits), energy(logits)[right], 1.0)
+        eval_certainty = certainty_weights(energy(eval_logits), right_energy, 1.0)
         eval_right = eval_logits.argmax(1) == run.y["eval"]
         run.pool_stats[method] = {"kd_trust": round(trust, 4), "kd_weight_mean": round(float(weights.mean()), 4),
                                   "kd_gate": run.cfg.pool.kd_gate if mode != "kd" else "none"}
         if run.cfg.pool.mixup and METHODS[method].final == "mixup":
-            mix_labels, energy_order = mixup_labels(pool_logits, energy(logits)[right], trust)
+            mix_labels, energy_order = mixup_labels(pool_logits, right_energy, trust)
             run.pool_stats[method]["mixup_labelled"] = round(float((mix_labels >= 0).float().mean()), 4)
     return PoolTerm(run.pool.images, run.cfg.pool, mode, teacher=run.teacher, kd_weights=weights,
                     mean=common["mean"], std=common["std"], seed=run.cfg.seed, augment=run.augment,
@@ -249,20 +248,25 @@ def build_pool_term(run: Any, method: str, trust: float) -> PoolTerm | None:
 def anchor_images(run: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Module 2's extra training images (``PoolConfig.anchor_images``): up to that many pool images the teacher
     labels with certainty (:func:`mixup_labels`), the surest first, with its labels; empty without a pool."""
-    from augkd_edge.losses import energy
     from augkd_edge.method.mixup import reliability
 
     cfg = run.cfg
     if run.pool is None or len(run.pool) == 0 or cfg.pool.anchor_images == 0 or cfg.pool.use_labels:
         return run.x["train"][:0], run.y["train"][:0]
-    logits = run.teacher_logits("train")
-    right = logits.argmax(1) == run.y["train"]
     trust = 1.0 if cfg.mixup.teacher_trust == "fixed" else reliability(run.teacher_student["eval"]["top1"],
                                                                          len(run.domain.classes))
-    labels, order = mixup_labels(run.teacher_logits("pool"), energy(logits)[right], trust)
+    labels, order = mixup_labels(run.teacher_logits("pool"), _right_energy(run), trust)
     chosen = order[labels[order] >= 0][:cfg.pool.anchor_images]
     run.pool_stats["anchor"] = {"anchor_images": len(chosen)}
     return run.pool.images[chosen], labels[chosen].to(run.y["train"].dtype)
+
+
+def _right_energy(run: Any) -> torch.Tensor:
+    """The teacher's energies on the labelled training images it labels right: the yardstick of its certainty."""
+    from augkd_edge.losses import energy
+
+    logits = run.teacher_logits("train")
+    return energy(logits)[logits.argmax(1) == run.y["train"]]
 
 
 def mixup_labels(pool_logits: torch.Tensor, right_energy: torch.Tensor,
